@@ -1,0 +1,47 @@
+"""Builds the feature store. ``get_config('')`` (default), ``'quick'`` or ``'real'``.
+
+- default: the embedded synthetic market, BTCUSDT + ETHUSDT, 2019-01-01 .. 2025-01-01 (6 years).
+- quick:   the synthetic market for four weeks; seconds on a CPU.
+- real:    the real Binance spot 5-minute candles in ../shared/data/binance-spot-5m/.
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPOSITORY.parent / 'shared' / 'data'
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.source = 'synthetic'  # 'synthetic' or 'files'
+  config.symbols = ('BTCUSDT', 'ETHUSDT')
+  # Synthetic market: bars in [start, end). For files: optional trim (None keeps everything).
+  config.start = '2019-01-01'
+  config.end = '2025-01-01'
+  config.seed = 0
+  # Files: one entry per symbol, a path or glob (comma-separated for several).
+  config.inputs = ml_collections.ConfigDict({'BTCUSDT': '', 'ETHUSDT': ''})
+  config.sort = False  # sort unsorted files instead of refusing them
+  config.dedupe = False  # drop duplicate timestamps (keeping the last) instead of refusing
+  config.drop_last_bar = False  # drop each file's last candle (freqtrade may catch it still open)
+  config.fill_limit_bars = 72  # holes up to 6 h become zero-volume bars; longer ones split segments
+  config.store_dir = str(REPOSITORY / 'data_store' / 'synthetic')
+
+  if arg == 'quick':
+    config.start = '2024-01-01'
+    config.end = '2024-01-29'
+    config.store_dir = str(REPOSITORY / 'data_store' / 'quick')
+  elif arg == 'real':
+    config.source = 'files'
+    config.start = None
+    config.end = None
+    directory = SHARED_DATA / 'binance-spot-5m'
+    config.inputs = ml_collections.ConfigDict({
+        'BTCUSDT': str(directory / 'BTC_USDT-5m.parquet'),
+        'ETHUSDT': str(directory / 'ETH_USDT-5m.parquet')})
+    config.store_dir = str(REPOSITORY / 'data_store' / 'real')
+  elif arg:
+    raise ValueError(f'unknown config variant {arg!r}: use "", "quick" or "real"')
+  return config

@@ -1,0 +1,134 @@
+"""klines -> features -> store, driven by a ``configs/data.py`` config (``experiments.data``)."""
+
+from __future__ import annotations
+
+import glob
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from quantum_alpha_jax.data import klines as klines_lib
+from quantum_alpha_jax.data import schema
+from quantum_alpha_jax.data import store as store_lib
+from quantum_alpha_jax.data import synthetic
+from quantum_alpha_jax.data.features import FEATURES, compute_features
+from quantum_alpha_jax.errors import ConfigError, DataError, describe
+from quantum_alpha_jax.progress import Progress
+
+
+def expand_inputs(pattern: str, symbol: str) -> list[Path]:
+  """A comma-separated list of paths or globs -> the sorted files it names."""
+  if not pattern:
+    raise ConfigError(describe(f'config.inputs.{symbol}', 'no input files for this symbol',
+                               f'set --config.inputs.{symbol}=PATH_OR_GLOB'))
+  paths = []
+  for part in str(pattern).split(','):
+    part = part.strip()
+    matches = sorted(glob.glob(part)) if any(ch in part for ch in '*?[') else [part]
+    if not matches:
+      raise DataError(describe(f'config.inputs.{symbol}', f'{part!r} matches no file',
+                               'check the path or glob'))
+    paths += [Path(m) for m in matches]
+  return paths
+
+
+def load_klines(config: ml_collections.ConfigDict
+                ) -> dict[str, tuple[pd.DataFrame, klines_lib.IngestReport]]:
+  """Kline frames on the 5-minute grid per symbol, from the synthetic market or from files."""
+  symbols = list(config.symbols)
+  if not symbols:
+    raise ConfigError(describe('config.symbols', 'empty', 'list at least one symbol'))
+  for symbol in symbols:
+    klines_lib.check_symbol(symbol, where='config.symbols')
+  if config.source == 'synthetic':
+    frames = synthetic.generate_market(symbols=tuple(symbols), start=config.start, end=config.end,
+                                       seed=config.seed)
+    return {s: (f, klines_lib.IngestReport(symbol=s, sources=['synthetic'], rows_read=len(f)))
+            for s, f in frames.items()}
+  if config.source != 'files':
+    raise ConfigError(describe('config.source', f'{config.source!r} is not a data source',
+                               'use "synthetic" or "files"'))
+  result = {}
+  for symbol in symbols:
+    if symbol not in config.inputs:
+      raise DataError(describe('config.inputs', f'unknown symbol {symbol!r}: no inputs listed '
+                               f'(listed: {", ".join(config.inputs.keys())})',
+                               'add the files under config.inputs or fix config.symbols'))
+    paths = expand_inputs(config.inputs[symbol], symbol)
+    frame, report = klines_lib.load_symbol(
+        paths, symbol, sort=config.sort, dedupe=config.dedupe,
+        fill_limit_bars=config.fill_limit_bars, drop_last_bar=config.drop_last_bar)
+    if config.start is not None or config.end is not None:
+      frame = _trim(frame, config.start, config.end)
+    result[symbol] = (frame, report)
+  return result
+
+
+def _trim(frame: pd.DataFrame, start: Any, end: Any) -> pd.DataFrame:
+  keep = np.ones(len(frame), dtype=bool)
+  if start is not None:
+    keep &= (frame[schema.TIMESTAMP] >= pd.Timestamp(start, tz='UTC')).to_numpy()
+  if end is not None:
+    keep &= (frame[schema.TIMESTAMP] < pd.Timestamp(end, tz='UTC')).to_numpy()
+  if not keep.any():
+    raise DataError(describe('config.start/end', f'no bars between {start} and {end}',
+                             'widen the date range'))
+  return frame.loc[keep].reset_index(drop=True)
+
+
+def build_store(config: ml_collections.ConfigDict) -> dict:
+  """Ingests, computes the 44 features and writes the store; returns (and saves) a summary."""
+  started = time.perf_counter()
+  progress = Progress(total=3 * len(config.symbols), description='data', unit='stages')
+  loaded = load_klines(config)
+  progress.update(len(loaded), stage='ingest')
+  frames, sources, gaps = {}, {}, {}
+  for symbol, (frame, report) in loaded.items():
+    frames[symbol] = compute_features(frame)
+    sources[symbol] = [s for s in report.sources if s != 'synthetic']
+    gaps[symbol] = report.gaps
+    progress.update(1, stage=f'features {symbol}')
+  written = store_lib.write_store(config.store_dir, frames, sources=sources, gaps=gaps)
+  progress.update(len(loaded), stage='store')
+  progress.close()
+  summary = summarize(frames, {s: r for s, (_, r) in loaded.items()}, written)
+  summary['seconds'] = round(time.perf_counter() - started, 2)
+  summary['store_dir'] = str(config.store_dir)
+  summary['config'] = config.to_dict()
+  store_lib.atomic_write_json(Path(config.store_dir) / 'summary.json', summary)
+  return summary
+
+
+def summarize(frames: dict[str, pd.DataFrame], reports: dict[str, klines_lib.IngestReport],
+              written: list[dict]) -> dict:
+  """Rows, gaps and feature ranges per symbol and year (JSON-ready)."""
+  files = [{k: m[k] for k in ('symbol', 'year', 'rows', 'valid_rows', 'observed_rows', 'first', 'last')}
+           | {'gaps': len(m['gaps']), 'missing_bars': sum(g['missing_bars'] for g in m['gaps'])}
+           for m in written]
+  features = {}
+  for symbol, frame in frames.items():
+    valid = frame.loc[frame[schema.VALID], list(FEATURES)]
+    features[symbol] = {f: {'min': float(valid[f].min()), 'mean': float(valid[f].mean()),
+                            'max': float(valid[f].max())} for f in FEATURES}
+  ingest = {s: {'rows_read': r.rows_read, 'duplicates_removed': r.duplicates_removed,
+                'sorted': r.rows_sorted, 'filled_bars': r.filled_bars,
+                'segment_breaks': r.segment_breaks, 'sources': r.sources}
+            for s, r in reports.items()}
+  return {'files': files, 'ingest': ingest, 'features': features}
+
+
+def format_summary(summary: dict) -> str:
+  """The summary as text tables, for people."""
+  lines = ['Store files (rows per symbol and year):',
+           pd.DataFrame(summary['files']).to_string(index=False), '', 'Ingest:',
+           pd.DataFrame(summary['ingest']).T.drop(columns=['sources']).to_string(), '']
+  for symbol, ranges in summary['features'].items():
+    table = pd.DataFrame(ranges).T
+    lines += [f'Feature ranges on valid rows, {symbol}:', table.to_string(float_format='%.5g'), '']
+  lines.append(f'Wrote {summary["store_dir"]} in {summary["seconds"]} s')
+  return '\n'.join(lines)

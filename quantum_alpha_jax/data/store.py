@@ -1,0 +1,284 @@
+"""The feature store: ``<root>/<SYMBOL>_<YEAR>_5m.parquet`` plus a JSON sidecar per file.
+
+Each sidecar (``<SYMBOL>_<YEAR>_5m.json``) records the schema version, the feature list, the column
+dtypes, the row counts, the first and last bar, the gaps of that year, the source files with their
+SHA-256, and the parquet file's own size and SHA-256. ``store.json`` lists the files of the current
+build; readers only read what it lists.
+
+Writes are atomic: every file is written to a temporary name in the same directory, flushed to disk
+and renamed over the old one, parquet first, sidecar second, manifest last. A write killed at any
+point leaves either the old store or the new one readable; a parquet file whose size or hash no
+longer matches its sidecar (a kill between two renames) is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from quantum_alpha_jax.data import schema
+from quantum_alpha_jax.data.features import FEATURES
+from quantum_alpha_jax.errors import DataError, SchemaError, describe
+
+MANIFEST = 'store.json'
+REBUILD = 'rebuild the store: python -m experiments.data --config=configs/data.py[:quick|:real]'
+
+
+def file_stem(symbol: str, year: int) -> str:
+  """``BTCUSDT_2021_5m``: the name of one store file without its extension."""
+  return f'{symbol}_{year}_5m'
+
+
+def expected_dtypes(*, extras: bool = False, regime: bool = False) -> dict[str, str]:
+  """Column name -> pandas dtype string of a store file (schema version ``SCHEMA_VERSION``)."""
+  dtypes = {schema.TIMESTAMP: 'datetime64[ns, UTC]'}
+  dtypes.update({c: 'float64' for c in schema.OHLCV})
+  if extras:
+    dtypes.update({c: 'float64' for c in schema.EXTRA_KLINE_COLUMNS})
+  dtypes[schema.OBSERVED] = 'bool'
+  dtypes[schema.SEGMENT] = 'int32'
+  if regime:
+    dtypes[schema.REGIME] = 'int8'
+  dtypes[schema.VALID] = 'bool'
+  dtypes.update({f: 'float32' for f in FEATURES if f not in schema.OHLCV})
+  return dtypes
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+  """Hex SHA-256 of a file's bytes."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as handle:
+    while block := handle.read(chunk):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
+  """Calls ``write(temporary_path)`` then renames it over ``path``; a failure leaves ``path`` as it was."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+  os.close(handle)
+  try:
+    write(temporary)
+    with open(temporary, 'rb') as flushed:
+      os.fsync(flushed.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def atomic_write_json(path: str | Path, payload: Any) -> None:
+  """Writes JSON atomically (temporary file + rename)."""
+  def write(temporary: str) -> None:
+    with open(temporary, 'w') as handle:
+      json.dump(payload, handle, indent=1, default=str)
+  atomic_write(path, write)
+
+
+def write_store(root: str | Path, frames: Mapping[str, pd.DataFrame],
+                sources: Mapping[str, Sequence[str]] | None = None,
+                gaps: Mapping[str, Sequence[Any]] | None = None) -> list[dict]:
+  """Writes one parquet file + sidecar per symbol and calendar year; returns the sidecars.
+
+  ``frames`` maps a symbol to its feature frame (kline columns, ``valid`` and the 44 features).
+  ``sources`` lists each symbol's input files (hashed into the sidecar); ``gaps`` its ``Gap``s.
+  """
+  root = Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  source_hashes = {}
+  for symbol, paths in (sources or {}).items():
+    source_hashes[symbol] = [{'path': str(p), 'sha256': sha256_file(p)} for p in paths]
+  written = []
+  for symbol, frame in frames.items():
+    dtypes = _frame_dtypes(frame, where=symbol)
+    frame = frame[list(dtypes)].assign(**{
+        schema.TIMESTAMP: pd.DatetimeIndex(frame[schema.TIMESTAMP]).as_unit('ns')})
+    years = pd.DatetimeIndex(frame[schema.TIMESTAMP]).year.to_numpy()
+    symbol_gaps = list((gaps or {}).get(symbol, ()))
+    for year in np.unique(years):
+      part = frame.loc[years == year].reset_index(drop=True)
+      stem = file_stem(symbol, int(year))
+      table = pa.Table.from_pandas(part, preserve_index=False)
+      atomic_write(root / f'{stem}.parquet',
+                   lambda temporary: pq.write_table(table, temporary, compression='zstd'))
+      first, last = part[schema.TIMESTAMP].iloc[0], part[schema.TIMESTAMP].iloc[-1]
+      year_gaps = [g.to_dict() for g in symbol_gaps if first <= g.start <= last + schema.BAR]
+      metadata = {
+          'schema_version': schema.SCHEMA_VERSION,
+          'symbol': symbol,
+          'year': int(year),
+          'interval': '5m',
+          'features': list(FEATURES),
+          'dtypes': dtypes,
+          'rows': len(part),
+          'valid_rows': int(part[schema.VALID].sum()),
+          'observed_rows': int(part[schema.OBSERVED].sum()),
+          'first': first.isoformat(),
+          'last': last.isoformat(),
+          'gaps': year_gaps,
+          'sources': source_hashes.get(symbol, []),
+          'parquet_bytes': (root / f'{stem}.parquet').stat().st_size,
+          'parquet_sha256': sha256_file(root / f'{stem}.parquet'),
+          'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      }
+      atomic_write_json(root / f'{stem}.json', metadata)
+      written.append(metadata)
+  _update_manifest(root, frames.keys(), [file_stem(m['symbol'], m['year']) for m in written])
+  return written
+
+
+def _update_manifest(root: Path, symbols: Iterable[str], stems: Sequence[str]) -> None:
+  """Replaces the rewritten symbols' entries in ``store.json`` and removes their stale files."""
+  symbols = set(symbols)
+  manifest = read_manifest(root, missing_ok=True)
+  kept = [s for s in manifest.get('files', []) if s.rsplit('_', 2)[0] not in symbols]
+  files = sorted(kept + list(stems))
+  atomic_write_json(root / MANIFEST, {'schema_version': schema.SCHEMA_VERSION, 'files': files})
+  for path in root.glob('*_5m.*'):
+    stem = path.name.rsplit('.', 1)[0]
+    if stem.rsplit('_', 2)[0] in symbols and stem not in files and path.suffix in ('.parquet', '.json'):
+      path.unlink()
+
+
+def read_manifest(root: str | Path, missing_ok: bool = False) -> dict:
+  """The store's ``store.json`` ({} when absent and ``missing_ok``)."""
+  path = Path(root) / MANIFEST
+  if not path.exists():
+    if missing_ok:
+      return {}
+    raise DataError(describe(str(root), 'no feature store here (store.json is missing)', REBUILD))
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise DataError(describe(str(path), f'corrupt manifest ({error.msg})', REBUILD)) from error
+
+
+def store_symbols(root: str | Path) -> list[str]:
+  """The symbols a store holds."""
+  return sorted({s.rsplit('_', 2)[0] for s in read_manifest(root)['files']})
+
+
+def read_metadata(root: str | Path, symbol: str, year: int) -> dict:
+  """The sidecar of one store file."""
+  path = Path(root) / f'{file_stem(symbol, year)}.json'
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError as error:
+    raise DataError(describe(str(path), 'sidecar missing', REBUILD)) from error
+  except json.JSONDecodeError as error:
+    raise DataError(describe(str(path), f'corrupt sidecar ({error.msg})', REBUILD)) from error
+
+
+def read_store(root: str | Path, symbols: Sequence[str] | None = None, start: Any = None,
+               end: Any = None, *, verify_hash: bool = False) -> dict[str, pd.DataFrame]:
+  """Reads feature frames per symbol, optionally limited to bars in ``[start, end)``.
+
+  Every file's schema is checked against its sidecar and ``expected_dtypes`` before its data is read.
+  """
+  root = Path(root)
+  available = store_symbols(root)
+  symbols = list(symbols) if symbols is not None else available
+  for symbol in symbols:
+    if symbol not in available:
+      raise DataError(describe(str(root), f'unknown symbol {symbol!r}; the store holds '
+                               f'{", ".join(available) or "nothing"}',
+                               'fix config.symbols or build the store for that symbol'))
+  start = pd.Timestamp(start, tz='UTC') if start is not None else None
+  end = pd.Timestamp(end, tz='UTC') if end is not None else None
+  stems = read_manifest(root)['files']
+  frames = {}
+  for symbol in symbols:
+    parts = []
+    for stem in stems:
+      if stem.rsplit('_', 2)[0] != symbol:
+        continue
+      year = int(stem.rsplit('_', 2)[1])
+      if (start is not None and year < start.year) or (end is not None and year > end.year):
+        continue
+      parts.append(_read_file(root, symbol, year, verify_hash))
+    if not parts:
+      raise DataError(describe(str(root), f'no {symbol} data between {start} and {end}',
+                               'widen the date range or rebuild the store'))
+    frame = pd.concat(parts, ignore_index=True)
+    mask = np.ones(len(frame), dtype=bool)
+    if start is not None:
+      mask &= (frame[schema.TIMESTAMP] >= start).to_numpy()
+    if end is not None:
+      mask &= (frame[schema.TIMESTAMP] < end).to_numpy()
+    frames[symbol] = frame.loc[mask].reset_index(drop=True)
+  return frames
+
+
+def _read_file(root: Path, symbol: str, year: int, verify_hash: bool) -> pd.DataFrame:
+  stem = file_stem(symbol, year)
+  path = root / f'{stem}.parquet'
+  metadata = read_metadata(root, symbol, year)
+  if metadata.get('schema_version') != schema.SCHEMA_VERSION:
+    raise SchemaError(describe(path.name, f'schema version {metadata.get("schema_version")}, '
+                               f'code expects {schema.SCHEMA_VERSION}', REBUILD))
+  if not path.exists():
+    raise DataError(describe(str(path), 'listed in store.json but missing', REBUILD))
+  if path.stat().st_size != metadata['parquet_bytes'] or (
+      verify_hash and sha256_file(path) != metadata['parquet_sha256']):
+    raise DataError(describe(path.name, 'does not match its sidecar (an interrupted write or an '
+                             'edit after the build)', REBUILD))
+  try:
+    arrow_schema = pq.read_schema(path)
+  except (OSError, pa.ArrowException) as error:
+    raise DataError(describe(path.name, f'cannot be read ({error})', REBUILD)) from error
+  if list(metadata.get('features', [])) != list(FEATURES):
+    raise SchemaError(describe(path.name, 'built with a different feature list '
+                               f'({len(metadata.get("features", []))} features)', REBUILD))
+  present = {field.name: field for field in arrow_schema}
+  expected = expected_dtypes(extras=all(c in present for c in schema.EXTRA_KLINE_COLUMNS),
+                             regime=schema.REGIME in present)
+  missing = [c for c in expected if c not in present]
+  if missing:
+    kind = 'feature' if all(c in FEATURES for c in missing) else 'column'
+    raise SchemaError(describe(path.name, f'missing {kind}(s) {", ".join(missing)}', REBUILD))
+  extra = [c for c in present if c not in expected]
+  if extra:
+    raise SchemaError(describe(path.name, f'unexpected column(s) {", ".join(extra)}', REBUILD))
+  try:
+    frame = pq.read_table(path).to_pandas()
+  except (OSError, pa.ArrowException) as error:
+    raise DataError(describe(path.name, f'cannot be read ({error})', REBUILD)) from error
+  _frame_dtypes(frame, where=path.name, expected=expected)
+  if len(frame) != metadata['rows']:
+    raise DataError(describe(path.name, f'{len(frame)} rows, sidecar says {metadata["rows"]}', REBUILD))
+  return frame
+
+
+def _frame_dtypes(frame: pd.DataFrame, where: str, expected: dict[str, str] | None = None
+                  ) -> dict[str, str]:
+  """Checks a frame's columns and dtypes against the store schema; returns the expected dtypes."""
+  if expected is None:
+    expected = expected_dtypes(extras=all(c in frame for c in schema.EXTRA_KLINE_COLUMNS),
+                               regime=schema.REGIME in frame)
+  missing = [c for c in expected if c not in frame]
+  if missing:
+    raise SchemaError(describe(where, f'missing column(s) {", ".join(missing)}',
+                               'compute features with data.features.compute_features first'))
+  for column, dtype in expected.items():
+    actual = frame[column].dtype
+    if column == schema.TIMESTAMP:
+      ok = isinstance(actual, pd.DatetimeTZDtype) and str(actual.tz) == 'UTC'
+    else:
+      ok = str(actual) == dtype
+    if not ok:
+      raise SchemaError(describe(where, f'column {column!r} has dtype {actual}, expected {dtype}',
+                                 REBUILD))
+  return expected
