@@ -4,6 +4,7 @@ from absl import app
 from absl import logging
 from ml_collections import config_flags
 
+from quantum_alpha_jax import cli
 from quantum_alpha_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -20,4 +21,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -57,7 +57,8 @@ def test_schema_columns_dtypes_and_grid(short_market):
     timestamps = frame['timestamp']
     assert timestamps.iloc[0] == pd.Timestamp('2021-03-01', tz='UTC')
     assert timestamps.iloc[-1] == pd.Timestamp('2021-04-11 23:55', tz='UTC')
-    nanoseconds = timestamps.dt.tz_convert(None).to_numpy().astype('datetime64[ns]').astype(np.int64)
+    nanoseconds = timestamps.dt.tz_convert(None).to_numpy().astype('datetime64[ns]')
+    nanoseconds = nanoseconds.astype(np.int64)
     assert np.all(np.diff(nanoseconds) == schema.BAR_NANOSECONDS)
     assert np.all(nanoseconds % schema.BAR_NANOSECONDS == 0)
     assert not frame.isna().any().any()
@@ -75,7 +76,8 @@ def test_bars_are_consistent(short_market):
     volume = frame['volume'].to_numpy()
     assert np.all(volume > 0)
     quote = frame['quote_volume'].to_numpy()
-    assert np.all(quote >= volume * low * (1 - 1e-12)) and np.all(quote <= volume * high * (1 + 1e-12))
+    assert np.all(quote >= volume * low * (1 - 1e-12))
+    assert np.all(quote <= volume * high * (1 + 1e-12))
     count = frame['count'].to_numpy()
     assert np.all(count >= 1) and np.all(count == np.round(count))
     fraction = frame['taker_buy_volume'].to_numpy() / volume
@@ -94,7 +96,8 @@ def test_start_prices_are_2019_levels():
 
 def test_span_is_snapped_to_the_grid_in_utc():
   market = synthetic.generate_market(
-      symbols='BTCUSDT', start='2021-06-01 01:02', end=pd.Timestamp('2021-06-01 05:00', tz='UTC+02:00'))
+      symbols='BTCUSDT', start='2021-06-01 01:02',
+      end=pd.Timestamp('2021-06-01 05:00', tz='UTC+02:00'))
   timestamps = market['BTCUSDT']['timestamp']
   assert timestamps.iloc[0] == pd.Timestamp('2021-06-01 01:05', tz='UTC')
   assert timestamps.iloc[-1] == pd.Timestamp('2021-06-01 02:55', tz='UTC')
@@ -138,7 +141,8 @@ def test_regime_drift_and_volatility_ordering(default_market):
     by_regime = returns.groupby(frame['regime'].to_numpy())
     mean, volatility = by_regime.mean(), by_regime.std()
     assert mean[BULL] > mean[SIDEWAYS] > mean[BEAR], (symbol, mean.to_dict())
-    assert volatility[BEAR] > volatility[BULL] > volatility[SIDEWAYS], (symbol, volatility.to_dict())
+    assert volatility[BEAR] > volatility[BULL] > volatility[SIDEWAYS], (
+        symbol, volatility.to_dict())
     # Per bar the trend is small against the noise (not trivially predictable)...
     assert abs(mean[BULL]) < 0.05 * volatility[BULL]
     # ... but visible over a day: about +1% a day in bull, -1% in bear.

@@ -2,8 +2,8 @@
 
 ``generate_market`` returns one kline frame per symbol (see ``schema``), with every bar observed, a
 single segment and the true regime per bar (``regime``, an index into ``schema.REGIMES``), so the
-whole project runs offline and the Guardian has ground truth. Everything is numpy; the default
-(2 symbols x 6 years, about 1.26 M rows) takes about a second.
+whole project runs offline and the Guardian has ground truth. Everything is vectorised numpy; the
+default (2 symbols x 6 years, about 1.26 M rows) takes well under a second.
 
 The model, per bar t (5 minutes) and symbol s:
 
@@ -17,26 +17,29 @@ The model, per bar t (5 minutes) and symbol s:
    variance: ``z_s = (sqrt(rho) m + sqrt(1 - rho) e_s) sqrt((df - 2) / chi2)``, with a market factor
    ``m``, an idiosyncratic ``e_s`` and a market-wide ``chi2`` (tail shocks hit every asset at once);
    ``rho = cross_asset_correlation``.
-3. **Volatility.** A multiplicative-component GARCH (Engle and Sokalska, 2012): a unit-mean GARCH(1,1)
-   ``h_t = (1 - alpha - beta) + (alpha z_{t-1}^2 + beta) h_{t-1}`` times a deterministic part:
-   ``sigma_t = vol[regime] / sqrt(BARS_PER_YEAR) * multiplier_s * seasonality(t) * sqrt(h_t)``. The
-   seasonality is ``exp(A cos(2 pi (hour - peak) / 24))``, damped at weekends, normalised to unit mean
-   variance over a week.
+3. **Volatility.** A multiplicative-component GARCH (Engle and Sokalska, 2012): a unit-mean
+   GARCH(1,1) ``h_t = (1 - alpha - beta) + (alpha z_{t-1}^2 + beta) h_{t-1}`` times a deterministic
+   part, ``sigma_t = vol[regime] / sqrt(BARS_PER_YEAR) * multiplier_s * seasonality(t) * sqrt(h_t)``.
+   The seasonality is ``exp(A cos(2 pi (hour - peak) / 24))``, damped at weekends, normalised to unit
+   mean variance over a week.
 4. **Log price.** ``r_t = mu[regime] multiplier_s - kappa_t (x_{t-1} - a_{t-1}) + sigma_t z_t`` with
    ``mu = drift / BARS_PER_YEAR``; in sideways ``kappa`` pulls the log price ``x`` towards an anchor
-   ``a`` (an EMA of ``x`` with half-life ``anchor_half_life_hours``), elsewhere ``kappa = 0``. Per bar
-   the drift is ~2% of the noise; over a 3-day regime it is comparable to it.
+   ``a`` (an EMA of ``x`` with half-life ``anchor_half_life_hours``), elsewhere ``kappa = 0``. Per
+   bar the drift is ~2% of the noise; over a 3-day regime it is comparable to it.
 5. **Bars.** ``close = exp(x)``, ``open_t = close_{t-1}`` exactly; the high and low extend beyond
    ``max/min(open, close)`` by ``sigma_t * wick_scale * Exponential(1)`` in log space.
-6. **Volume.** ``base_volume * volume_seasonality(t) * lognormal(AR(1) + iid) * (1 + k |r_t| / sigma_ref)``
-   with ``sigma_ref`` the symbol's average per-bar volatility, so volume tracks absolute returns and
-   volatility clusters. ``quote_volume = volume * (high + low + close) / 3``; ``count`` is about
-   ``trades_per_unit_volume * volume`` (rounded, >= 1); the taker-buy fraction is
-   ``sigmoid(tilt * tanh(r_t / sigma_t) + noise)``, above 1/2 on up bars.
+6. **Volume.** ``base_volume * volume_seasonality(t) * lognormal(AR(1) + iid)`` times
+   ``(1 + k |r_t| / sigma_ref)``, with ``sigma_ref`` the symbol's average per-bar volatility, so
+   volume tracks absolute returns and volatility clusters. ``quote_volume = volume * (high + low +
+   close) / 3``; ``count`` is about ``trades_per_unit_volume * volume`` (rounded, >= 1); the
+   taker-buy fraction is ``sigmoid(tilt * tanh(r_t / sigma_t) + noise)``, above 1/2 on up bars.
+
+The two linear recursions (GARCH variance, price-minus-anchor gap) are solved by
+``linear_recurrence``: cumulative products within chunks of 1,024 bars and a short loop over chunks.
 
 Determinism: the market-wide draws come from ``(seed, 'market', ...)`` streams and each symbol's own
-draws from ``(seed, symbol, ...)`` streams, so a symbol's frame does not depend on which other symbols
-are generated alongside it.
+draws from ``(seed, symbol, ...)`` streams, so a symbol's frame does not depend on which other
+symbols are generated alongside it.
 """
 
 from __future__ import annotations
@@ -163,7 +166,8 @@ class MarketParameters:
          and self.volume_persistence_hours > 0, 'noise scales must be >= 0'),
         (all(p.start_price > 0 and p.volatility_multiplier > 0 and p.base_volume > 0
              and p.trades_per_unit_volume > 0 for p in self.symbols.values()),
-         'symbol start_price, volatility_multiplier, base_volume, trades_per_unit_volume must be > 0'),
+         'symbol start_price, volatility_multiplier, base_volume and trades_per_unit_volume must'
+         ' be > 0'),
     )
     for ok, problem in checks:
       if not ok:
@@ -263,7 +267,8 @@ def _generate_symbol(symbol, seed, parameters, timestamps, market_regime, market
   drift = bar_drift[regime] * multiplier
 
   # Sideways mean reversion: with d = x - a (log price minus anchor),
-  # d_t = (1 - kappa_t - lambda) d_{t-1} + drift_t + noise_t and r_t = drift_t - kappa_t d_{t-1} + noise_t.
+  # d_t = (1 - kappa_t - lambda) d_{t-1} + drift_t + noise_t, and the return is
+  # r_t = drift_t - kappa_t d_{t-1} + noise_t.
   kappa = np.where(regime == SIDEWAYS,
                    _half_life_rate(parameters.sideways_reversion_half_life_hours), 0.0)
   anchor_rate = _half_life_rate(parameters.anchor_half_life_hours)
