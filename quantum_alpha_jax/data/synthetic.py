@@ -18,10 +18,11 @@ The model, per bar t (5 minutes) and symbol s:
    ``m``, an idiosyncratic ``e_s`` and a market-wide ``chi2`` (tail shocks hit every asset at once);
    ``rho = cross_asset_correlation``.
 3. **Volatility.** A multiplicative-component GARCH (Engle and Sokalska, 2012): a unit-mean
-   GARCH(1,1) ``h_t = (1 - alpha - beta) + (alpha z_{t-1}^2 + beta) h_{t-1}`` times a deterministic
-   part, ``sigma_t = vol[regime] / sqrt(BARS_PER_YEAR) * multiplier_s * seasonality(t) * sqrt(h_t)``.
-   The seasonality is ``exp(A cos(2 pi (hour - peak) / 24))``, damped at weekends, normalised to unit
-   mean variance over a week.
+   GARCH(1,1) ``h_t = (1 - alpha - beta) + (alpha z_{t-1}^2 + beta) h_{t-1}`` times a
+   deterministic part:
+   ``sigma_t = vol[regime] / sqrt(BARS_PER_YEAR) * multiplier_s * seasonality(t) * sqrt(h_t)``.
+   The seasonality is ``exp(A cos(2 pi (hour - peak) / 24))``, damped at weekends, normalised to
+   unit mean variance over a week.
 4. **Log price.** ``r_t = mu[regime] multiplier_s - kappa_t (x_{t-1} - a_{t-1}) + sigma_t z_t`` with
    ``mu = drift / BARS_PER_YEAR``; in sideways ``kappa`` pulls the log price ``x`` towards an anchor
    ``a`` (an EMA of ``x`` with half-life ``anchor_half_life_hours``), elsewhere ``kappa = 0``. Per
@@ -44,9 +45,9 @@ symbols are generated alongside it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import math
-from typing import Mapping, Sequence
 import zlib
 
 import numpy as np
@@ -201,8 +202,8 @@ def stationary_distribution(parameters: MarketParameters | None = None) -> np.nd
 
 def generate_market(
     symbols: Sequence[str] | str = ('BTCUSDT', 'ETHUSDT'),
-    start='2019-01-01',
-    end='2025-01-01',
+    start: str | pd.Timestamp = '2019-01-01',
+    end: str | pd.Timestamp = '2025-01-01',
     seed: int = 0,
     parameters: MarketParameters | None = None,
 ) -> dict[str, pd.DataFrame]:

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
+from absl import flags
 from absl import logging
 import grain
 import numpy as np
@@ -784,6 +785,10 @@ def make_iterator(dataset: grain.MapDataset, *, num_workers: int = 0,
   """A checkpointable iterator (``get_state``/``set_state``), in ``num_workers`` processes if > 0."""
   iterable = dataset.to_iter_dataset()
   if num_workers > 0:
+    # Grain's worker processes read absl flags; outside an absl app (pytest, notebooks) nobody
+    # has parsed them, so accept the defaults rather than fail.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=buffer_size))
   return iter(iterable)
