@@ -45,6 +45,7 @@ class Progress:
 
   def _draw(self, now: float) -> None:
     self._last_draw = now
+    self._drawn_at = self.done
     if self.interactive:
       self.stream.write('\r' + self.line(now).ljust(100))
     else:
@@ -52,7 +53,8 @@ class Progress:
     self.stream.flush()
 
   def close(self) -> None:
-    self._draw(time.perf_counter())
+    if getattr(self, '_drawn_at', None) != self.done:
+      self._draw(time.perf_counter())
     if self.interactive:
       self.stream.write('\n')
     self.stream.flush()

@@ -106,3 +106,18 @@ def test_entry_point_quick_and_wrong_config_key(tmp_path):
   wrong = _run('--config=configs/data.py:quick', '--config.store_dri=/tmp/x')
   assert wrong.returncode != 0
   assert 'store_dri' in wrong.stderr and 'store_dir' in wrong.stderr  # names the key, suggests the fix
+
+
+def test_bad_input_leaves_the_existing_store_untouched(tmp_path):
+  config = _quick(tmp_path)
+  pipeline.build_store(config)
+  before = {p.name: p.read_bytes() for p in Path(config.store_dir).iterdir()}
+  bad = tmp_path / 'BTCUSDT-5m-2024-01.csv'
+  bad.write_text('1704067200000,100,99,101,100,5,1704067499999,500,3,2,200,0\n')  # high < low
+  config.source = 'files'
+  config.symbols = ('BTCUSDT',)
+  config.inputs.BTCUSDT = str(bad)
+  with pytest.raises(DataError, match=r'high < low'):
+    pipeline.build_store(config)
+  after = {p.name: p.read_bytes() for p in Path(config.store_dir).iterdir()}
+  assert after == before
