@@ -274,10 +274,10 @@ def reference_window(frames, symbols, symbol_id, anchor_time, normalizer):
       (transform(name, frame[name].to_numpy(np.float32)[encoder_rows].astype(np.float64))
        - normalizer.mean[i]) / normalizer.std[i]
       for i, name in enumerate(windows.FEATURES)], axis=-1)
+  known = [windows.FEATURES.index(name) for name in features_lib.KNOWN_FUTURE_FEATURES]
   decoder = np.stack([
-      (frame[name].to_numpy(np.float64)[decoder_rows] - normalizer.mean[windows.FEATURES.index(name)])
-      / normalizer.std[windows.FEATURES.index(name)]
-      for name in features_lib.KNOWN_FUTURE_FEATURES], axis=-1)
+      (frame[windows.FEATURES[i]].to_numpy(np.float64)[decoder_rows] - normalizer.mean[i])
+      / normalizer.std[i] for i in known], axis=-1)
   log_close = np.log(frame['close'].to_numpy(np.float64))
   future = np.diff(log_close[local:local + 1 + spec.decoder_length])
   past = np.diff(log_close[local - spec.encoder_length:local + 1])
@@ -399,20 +399,29 @@ def test_batch_size_must_split_over_devices(data):
   assert windows.local_batch_size(16 * devices, 1) == 16 * devices
 
 
-def test_resume_from_iterator_state_gives_identical_batches(data):
+@pytest.mark.parametrize('threaded', [False, True])
+def test_resume_from_iterator_state_gives_identical_batches(data, threaded):
   split_data, _, _ = data
-  dataset = split_data['train'].dataset.to_iter_dataset()
-  iterator = iter(dataset)
+  train = split_data['train']
+  if threaded:  # make_iterator: 2 reader threads, 4 batches prefetched.
+    new_iterator = train.iterator
+  else:
+    new_iterator = lambda: iter(train.dataset.to_iter_dataset())
+  iterator = new_iterator()
   for _ in range(3):
     next(iterator)
   state = iterator.get_state()
   expected = [next(iterator) for _ in range(4)]
-  resumed = iter(dataset)
+  resumed = new_iterator()
   resumed.set_state(state)
   for batch in expected:
     actual = next(resumed)
     for name in batch:
       np.testing.assert_array_equal(actual[name], batch[name])
+  # Past the first epoch too: the state of a repeated, reshuffled stream is just an index.
+  steps = train.steps_per_epoch
+  iterator.set_state({'next_index': steps + 1})
+  np.testing.assert_array_equal(next(iterator)['anchor'], train.dataset[steps + 1]['anchor'])
 
 
 def test_multiprocessing_workers_match_in_process(data):
@@ -427,6 +436,18 @@ def test_multiprocessing_workers_match_in_process(data):
   resumed = windows.make_iterator(dataset, num_workers=2)
   resumed.set_state(state)
   np.testing.assert_array_equal(next(resumed)['anchor'], dataset[6]['anchor'])
+
+
+def test_encoder_only_windows(frames, tmp_path):
+  spec = windows.WindowSpec(encoder_length=32)  # Guardian/Strategist style: no decoder.
+  split_data, normalizer = windows.make_datasets(
+      frames, spec, SPLITS[:2], batch_size=8, cache_dir=tmp_path, seed=0, num_devices=1,
+      shard_index=0, shard_count=1)
+  batch = split_data['val'].dataset[0]
+  assert batch['encoder'].shape == (8, 32, 44)
+  assert batch['decoder_known'].shape == (8, 0, 3) and batch['future_returns'].shape == (8, 0)
+  check_batch_against_reference(batch, frames, split_data['val'].source.arrays.symbols,
+                                normalizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,6 +467,16 @@ def test_cache_is_reused_and_invalidated(frames, tmp_path):
   assert rebuilt.directory != first.directory
   assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
       [first.directory.name, rebuilt.directory.name])  # No temporary leftovers.
+
+
+def test_bad_frames_raise_schema_errors(frames, tmp_path):
+  with pytest.raises(errors.SchemaError, match=r"BTCUSDT.*\['valid'\]"):
+    windows.WindowArrays.from_frames({'BTCUSDT': frames['BTCUSDT'].drop(columns='valid')},
+                                     tmp_path)
+  naive = frames['BTCUSDT'].copy()
+  naive[schema.TIMESTAMP] = naive[schema.TIMESTAMP].dt.tz_localize(None)
+  with pytest.raises(errors.SchemaError, match='UTC'):
+    windows.WindowArrays.from_frames({'BTCUSDT': naive}, tmp_path)
 
 
 def test_arrays_match_frames_and_pickle_small(frames, tmp_path):

@@ -13,7 +13,8 @@ The flow, for training JAX models data-parallel:
 3. :class:`Normalizer` makes each window stationary relative to its anchor bar (by
    ``FEATURE_KINDS``) and z-scores it with statistics fitted on the training split alone.
 4. :func:`training_dataset` / :func:`evaluation_dataset` build ``grain.MapDataset`` pipelines over
-   anchor indices; batching happens on indices and one vectorised gather reads the whole batch.
+   window indices (shuffle, shard, repeat and batch act on indices only); one vectorised gather
+   then reads and normalises the whole batch.
 
 An anchor ``t`` is the row of the last encoder bar; its window spans rows
 ``[t - encoder_length + 1, t + decoder_length]``.
@@ -66,7 +67,10 @@ _METADATA_FILE = 'metadata.json'
 _LOG_EPSILON = 1e-12
 _STD_FLOOR = 1e-6
 _KNOWN_FUTURE_COLUMNS = np.array([FEATURES.index(name) for name in KNOWN_FUTURE_FEATURES])
-_KINDS = np.array([FEATURE_KINDS[name] for name in FEATURES])
+_KIND_NAMES = ('none', 'price', 'price_diff', 'volume', 'obv')
+_KIND_INDEX = np.array([_KIND_NAMES.index(FEATURE_KINDS[name]) for name in FEATURES])
+_IS_LOG_KIND = np.array([FEATURE_KINDS[name] in ('price', 'volume') for name in FEATURES])
+_ALL_COLUMNS = np.arange(len(FEATURES))
 _CLOSE, _VOLUME_MA, _OBV = (FEATURES.index(name) for name in ('close', 'volume_ma', 'OBV'))
 
 
@@ -224,6 +228,10 @@ def cache_key(frames: Mapping[str, pd.DataFrame]) -> str:
     digest.update(np.ascontiguousarray(timestamps).data)
     for name in columns + ([schema.REGIME] if has_regime else []):
       values = np.ascontiguousarray(frame[name].to_numpy())
+      if values.dtype.kind not in 'biuf':
+        raise errors.SchemaError(errors.describe(
+            f'feature frame {symbol}', f'{name!r} has dtype {frame[name].dtype}, expected a '
+            'numeric numpy dtype', 'pass frames produced by data.features.compute_features'))
       digest.update(name.encode())
       digest.update(str(values.dtype).encode())
       digest.update(values.data)
@@ -405,19 +413,68 @@ class WindowArrays:
       self._arrays[name] = mapped.view(np.ndarray)
     return self._arrays[name]
 
-  directory = property(lambda self: self._directory)
-  key = property(lambda self: self._metadata['key'])
-  num_rows = property(lambda self: int(self._metadata['num_rows']))
-  symbols = property(lambda self: tuple(item['symbol'] for item in self._metadata['symbols']))
-  features = property(lambda self: self.array('features'))
-  close = property(lambda self: self.array('close'))
-  timestamp = property(lambda self: self.array('timestamp'))
-  symbol = property(lambda self: self.array('symbol'))
-  segment = property(lambda self: self.array('segment'))
-  observed = property(lambda self: self.array('observed'))
-  valid = property(lambda self: self.array('valid'))
-  regime = property(lambda self: self.array('regime'))
-  log_return = property(lambda self: self.array('log_return'))
+  @property
+  def directory(self) -> pathlib.Path:
+    return self._directory
+
+  @property
+  def key(self) -> str:
+    """Digest of the input frames (see :func:`cache_key`)."""
+    return self._metadata['key']
+
+  @property
+  def num_rows(self) -> int:
+    return int(self._metadata['num_rows'])
+
+  @property
+  def symbols(self) -> tuple[str, ...]:
+    """Symbols in row order; a symbol's id is its position here."""
+    return tuple(item['symbol'] for item in self._metadata['symbols'])
+
+  @property
+  def features(self) -> np.ndarray:
+    """``[rows, 44]`` float32 in ``FEATURES`` order."""
+    return self.array('features')
+
+  @property
+  def close(self) -> np.ndarray:
+    """``[rows]`` float64."""
+    return self.array('close')
+
+  @property
+  def timestamp(self) -> np.ndarray:
+    """``[rows]`` int64, bar open time in ns since the epoch (UTC)."""
+    return self.array('timestamp')
+
+  @property
+  def symbol(self) -> np.ndarray:
+    """``[rows]`` int32 index into :attr:`symbols`."""
+    return self.array('symbol')
+
+  @property
+  def segment(self) -> np.ndarray:
+    """``[rows]`` int32 run id, unique over all symbols; rows of one run are consecutive bars."""
+    return self.array('segment')
+
+  @property
+  def observed(self) -> np.ndarray:
+    """``[rows]`` bool, False on filled bars."""
+    return self.array('observed')
+
+  @property
+  def valid(self) -> np.ndarray:
+    """``[rows]`` bool: the frame's ``valid`` and all features and the return finite."""
+    return self.array('valid')
+
+  @property
+  def regime(self) -> np.ndarray:
+    """``[rows]`` int8, -1 where the frame had no regime column."""
+    return self.array('regime')
+
+  @property
+  def log_return(self) -> np.ndarray:
+    """``[rows]`` float32 ``log(close[i] / close[i-1])``, 0 on the first row of a run."""
+    return self.array('log_return')
 
   def symbol_rows(self, symbol: str) -> slice:
     """Rows of one symbol in the flat arrays."""
@@ -574,38 +631,36 @@ class Normalizer:
                    columns: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
     """Scales ``values [batch, time, C]`` relative to ``anchor_row [batch, 44]`` by feature kind.
 
-    ``columns`` gives the ``FEATURES`` index of each of the C columns (default: all 44).
+    Every kind is ``g(x * scale + shift)`` with per-item ``scale``/``shift`` and ``g = log`` for the
+    price and volume kinds. ``columns``: the ``FEATURES`` index of each of the C columns.
     """
     values = np.asarray(values, np.float32)
     anchor_row = np.asarray(anchor_row, np.float32)
-    columns = np.arange(len(FEATURES)) if columns is None else np.asarray(columns, np.int64)
-    column_kinds = _KINDS[columns]
-    close = anchor_row[:, _CLOSE, None, None]
-    volume_ma = anchor_row[:, _VOLUME_MA, None, None]
-    obv = anchor_row[:, _OBV, None, None]
-    output = values.copy()
-    with np.errstate(divide='ignore', invalid='ignore'):
-      for kind in ('price', 'price_diff', 'volume', 'obv'):
-        positions = np.flatnonzero(column_kinds == kind)
-        if not len(positions):
-          continue
-        selected = values[..., positions]
-        if kind == 'price':
-          output[..., positions] = np.log(selected / close)
-        elif kind == 'price_diff':
-          output[..., positions] = selected / close
-        elif kind == 'volume':
-          output[..., positions] = np.log(
-              (selected + np.float32(_LOG_EPSILON)) / (volume_ma + np.float32(_LOG_EPSILON)))
-        else:
-          output[..., positions] = (selected - obv) / (
-              volume_ma * np.float32(self.spec.encoder_length) + np.float32(_LOG_EPSILON))
+    columns = _ALL_COLUMNS if columns is None else np.asarray(columns, np.int64)
+    epsilon = np.float32(_LOG_EPSILON)
+    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+      inverse_close = np.float32(1) / anchor_row[:, _CLOSE]
+      inverse_volume = np.float32(1) / (anchor_row[:, _VOLUME_MA] + epsilon)
+      obv_scale = np.float32(1) / (
+          anchor_row[:, _VOLUME_MA] * np.float32(self.spec.encoder_length) + epsilon)
+      ones = np.ones_like(inverse_close)
+      # Columns of these stacks follow _KIND_NAMES: none, price, price_diff, volume, obv.
+      scales = np.stack([ones, inverse_close, inverse_close, inverse_volume, obv_scale], axis=1)
+      shifts = np.stack([0 * ones, 0 * ones, 0 * ones, epsilon * inverse_volume,
+                         -anchor_row[:, _OBV] * obv_scale], axis=1)
+      kind = _KIND_INDEX[columns]
+      output = values * scales[:, None, kind]
+      output += shifts[:, None, kind]
+      is_log = _IS_LOG_KIND[columns]
+      if is_log.any():
+        # log over every column is contiguous (fast); keep it only where the kind asks for it.
+        np.copyto(output, np.log(output), where=is_log)
     return output
 
   def apply(self, values: np.ndarray, anchor_row: np.ndarray,
             columns: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
     """Stationarises then z-scores ``values [batch, time, C]``; returns float32, same shape."""
-    columns = np.arange(len(FEATURES)) if columns is None else np.asarray(columns, np.int64)
+    columns = _ALL_COLUMNS if columns is None else np.asarray(columns, np.int64)
     output = self.stationarize(values, anchor_row, columns)
     output -= self.mean[columns]
     output *= np.float32(1.0) / self.std[columns]
@@ -739,6 +794,23 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   return int(shard_index), int(shard_count)
 
 
+class _GatherPositions:
+  """Grain map: a batch of positions into ``table`` (-1 = padding) -> :meth:`WindowSource.gather`.
+
+  The pipelines shuffle and batch positions ``0..len-1`` (``MapDataset.range`` has the least
+  per-element overhead in Grain) and resolve them to anchor rows here, vectorised.
+  """
+
+  def __init__(self, source: WindowSource, table: np.ndarray):
+    self.source = source
+    self.table = np.ascontiguousarray(table, dtype=np.int64)
+
+  def __call__(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    positions = np.asarray(positions, np.int64)
+    anchors = np.where(positions >= 0, self.table[np.maximum(positions, 0)], -1)
+    return self.source.gather(anchors)
+
+
 def training_dataset(source: WindowSource, batch_size: int, seed: int, *,
                      num_epochs: int | None = None, shard_index: int | None = None,
                      shard_count: int | None = None,
@@ -754,12 +826,12 @@ def training_dataset(source: WindowSource, batch_size: int, seed: int, *,
     raise errors.DataError(errors.describe(
         f'split {source.name!r}', f'{len(source)} windows do not fill one batch of {batch_size}',
         'use a smaller batch or a longer split'))
-  dataset = grain.MapDataset.source(source.anchors).shuffle(seed=seed)
-  # Each epoch is one permutation of all anchors; process k takes every shard_count-th of it.
+  dataset = grain.MapDataset.range(len(source)).shuffle(seed=seed)
+  # Each epoch is one permutation of all windows; process k takes every shard_count-th of it.
   dataset = dataset.slice(slice(shard_index, usable, shard_count))
   dataset = dataset.repeat(num_epochs)
-  dataset = dataset.batch(per_process, drop_remainder=True)
-  return dataset.map(source.gather)
+  dataset = dataset.batch(per_process, drop_remainder=True, batch_fn=np.asarray)
+  return dataset.map(_GatherPositions(source, source.anchors))
 
 
 def evaluation_dataset(source: WindowSource, batch_size: int, *,
@@ -776,8 +848,9 @@ def evaluation_dataset(source: WindowSource, batch_size: int, *,
   mine = source.anchors[shard_index::shard_count]
   padded = np.full(num_batches * per_process, -1, np.int64)
   padded[:len(mine)] = mine
-  dataset = grain.MapDataset.source(padded).batch(per_process, drop_remainder=True)
-  return dataset.map(source.gather)
+  dataset = grain.MapDataset.range(len(padded))
+  dataset = dataset.batch(per_process, drop_remainder=True, batch_fn=np.asarray)
+  return dataset.map(_GatherPositions(source, padded))
 
 
 def make_iterator(dataset: grain.MapDataset, *, num_workers: int = 0, num_threads: int = 2,
@@ -812,6 +885,10 @@ class SplitData:
   def num_windows(self) -> int:
     return len(self.source)
 
+  def iterator(self, **kwargs) -> grain.DatasetIterator:
+    """``make_iterator(self.dataset, **kwargs)``: ``for batch in data['train'].iterator(): ...``."""
+    return make_iterator(self.dataset, **kwargs)
+
 
 def make_datasets(frames: Mapping[str, pd.DataFrame], spec: WindowSpec,
                   splits: Sequence[Split], batch_size: int, cache_dir: str | os.PathLike[str],
@@ -823,7 +900,7 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: WindowSpec,
   """Windows per split: ``train_split`` shuffled and repeated, the others single padded passes.
 
   Fits the normaliser on ``train_split`` (unless one is given). Iterate with
-  ``for batch in make_iterator(data['train'].dataset): ...``.
+  ``for batch in data['train'].iterator(): ...``.
   """
   arrays = WindowArrays.from_frames(frames, cache_dir)
   by_name = {split.name: split for split in splits}
