@@ -28,11 +28,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.drop_last_bar = False  # drop each file's last candle (freqtrade may catch it still open)
   config.fill_limit_bars = 72  # holes up to 6 h become zero-volume bars; longer ones split segments
   config.store_dir = str(REPOSITORY / 'data_store' / 'synthetic')
+  # Time splits [start, end) for every model; windows near a boundary are purged (data/windows.py).
+  config.splits = ml_collections.ConfigDict({
+      'train': ('2019-01-01', '2024-01-01'),
+      'validation': ('2024-01-01', '2024-07-01'),
+      'test': ('2024-07-01', '2025-01-01')})
 
   if arg == 'quick':
     config.start = '2024-01-01'
     config.end = '2024-01-29'
     config.store_dir = str(REPOSITORY / 'data_store' / 'quick')
+    config.splits.train = ('2024-01-01', '2024-01-19')
+    config.splits.validation = ('2024-01-19', '2024-01-24')
+    config.splits.test = ('2024-01-24', '2024-01-29')
   elif arg == 'real':
     config.source = 'files'
     config.start = None
@@ -42,6 +50,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
         'BTCUSDT': str(directory / 'BTC_USDT-5m.parquet'),
         'ETHUSDT': str(directory / 'ETH_USDT-5m.parquet')})
     config.store_dir = str(REPOSITORY / 'data_store' / 'real')
+    # Validation 2023-H1, test 2023-H2; later periods are kept out for independent evaluation.
+    config.splits.train = ('2019-01-01', '2023-01-01')
+    config.splits.validation = ('2023-01-01', '2023-07-01')
+    config.splits.test = ('2023-07-01', '2024-01-01')
   elif arg:
     raise ValueError(f'unknown config variant {arg!r}: use "", "quick" or "real"')
   return config

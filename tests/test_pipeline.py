@@ -121,3 +121,20 @@ def test_bad_input_leaves_the_existing_store_untouched(tmp_path):
     pipeline.build_store(config)
   after = {p.name: p.read_bytes() for p in Path(config.store_dir).iterdir()}
   assert after == before
+
+
+def test_quick_store_feeds_purged_windows_per_split(tmp_path):
+  from quantum_alpha_jax.data import windows
+  config = _quick(tmp_path)
+  pipeline.build_store(config)
+  summary = pipeline.window_summary(config, windows.WindowSpec(60, 24), batch_size=64)
+  # 2 symbols; a split of D days has D*288 - (60 + 24 - 1) windows per symbol, less the purge
+  # (84 bars) after a boundary and the 300 warm-up bars at the very start.
+  assert summary['windows'] == {'train': 2 * (18 * 288 - 83 - 300),
+                                'validation': 2 * (5 * 288 - 83 - 84),
+                                'test': 2 * (5 * 288 - 83 - 84)}
+  assert summary['batch_shapes']['encoder'] == [64, 60, len(FEATURES)]
+  assert summary['normalizer_fitted_on']['end'].startswith('2024-01-19')
+  config.splits.test = ('2024-01-24',)
+  with pytest.raises(ConfigError, match=r"config.splits.test: \('2024-01-24',\) is not a"):
+    pipeline.window_summary(config, windows.WindowSpec(60, 24))

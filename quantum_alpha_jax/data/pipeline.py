@@ -132,3 +132,19 @@ def format_summary(summary: dict) -> str:
     lines += [f'Feature ranges on valid rows, {symbol}:', table.to_string(float_format='%.5g'), '']
   lines.append(f'Wrote {summary["store_dir"]} in {summary["seconds"]} s')
   return '\n'.join(lines)
+
+
+def window_summary(config: ml_collections.ConfigDict, spec: 'windows.WindowSpec',
+                   batch_size: int = 256) -> dict:
+  """Reads the store back and counts the windows per split for ``spec`` (one batch's shapes too)."""
+  from quantum_alpha_jax.data import windows  # Grain is only needed from here on.
+  frames = store_lib.read_store(config.store_dir, config.symbols)
+  splits = windows.splits_from_config(config.splits)
+  data, normalizer = windows.make_datasets(
+      frames, spec, splits, batch_size, Path(config.store_dir) / 'windows_cache', seed=config.seed,
+      num_devices=1, shard_index=0, shard_count=1)
+  batch = next(data['train'].iterator())
+  return {'spec': spec.to_dict(),
+          'windows': {name: split.num_windows for name, split in data.items()},
+          'batch_shapes': {k: list(v.shape) for k, v in batch.items()},
+          'normalizer_fitted_on': normalizer.to_dict().get('train_split')}

@@ -159,6 +159,18 @@ class Split:
     return f'{self.name!r} [{self.start.isoformat()}, {self.end.isoformat()})'
 
 
+def splits_from_config(config: Mapping[str, Sequence[Any]]) -> list[Split]:
+  """``{'train': (start, end), 'validation': ..., 'test': ...}`` (a config's ``splits``) -> Splits."""
+  splits = []
+  for name, bounds in config.items():
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+      raise errors.ConfigError(errors.describe(
+          f'config.splits.{name}', f'{bounds!r} is not a (start, end) pair',
+          f"write --config.splits.{name}=\"('2023-01-01', '2023-07-01')\""))
+    splits.append(Split(name, bounds[0], bounds[1]))
+  return splits
+
+
 def validate_splits(splits: Sequence[Split], spec: WindowSpec,
                     purge_bars: int | None = None) -> tuple[list[Split], int]:
   """Checks names are unique and ranges do not overlap; returns (splits by start, purge_bars)."""
