@@ -254,12 +254,7 @@ def _check_columns(klines: pd.DataFrame) -> None:
 
 def _timestamp_nanoseconds(timestamps: pd.Series) -> np.ndarray:
   """UTC nanoseconds since the epoch as int64, checked to be tz-aware and strictly increasing."""
-  if not isinstance(timestamps.dtype, pd.DatetimeTZDtype):
-    raise errors.SchemaError(errors.describe(
-        'compute_features',
-        f'column {schema.TIMESTAMP!r} has dtype {timestamps.dtype}, expected datetime64[ns, UTC]',
-        "convert it with pd.to_datetime(..., utc=True) (naive times are ambiguous)"))
-  nanoseconds = pd.DatetimeIndex(timestamps).as_unit('ns').asi8  # UTC epoch for tz-aware times.
+  nanoseconds = schema.timestamps_ns(timestamps.to_frame(schema.TIMESTAMP), 'compute_features')
   if len(nanoseconds) > 1:
     steps = np.diff(nanoseconds)
     if not np.all(steps > 0):

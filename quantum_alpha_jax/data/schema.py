@@ -41,9 +41,18 @@ BARS_PER_YEAR = 105_120
 KNOWN_SYMBOLS = ('BTCUSDT', 'ETHUSDT')
 
 
-def timestamps_ns(frame: pd.DataFrame) -> np.ndarray:
-  """The ``timestamp`` column as int64 nanoseconds since the epoch (UTC), whatever its unit."""
-  return pd.DatetimeIndex(frame[TIMESTAMP]).as_unit('ns').asi8
+def timestamps_ns(frame: pd.DataFrame, where: str = 'frame') -> np.ndarray:
+  """The ``timestamp`` column as int64 nanoseconds since the epoch (UTC), whatever its unit.
+
+  Naive timestamps are refused (SchemaError): they are ambiguous, and the time features need UTC.
+  """
+  column = frame[TIMESTAMP]
+  if not isinstance(column.dtype, pd.DatetimeTZDtype):
+    from quantum_alpha_jax.errors import SchemaError, describe
+    raise SchemaError(describe(
+        where, f'column {TIMESTAMP!r} has dtype {column.dtype}, expected datetime64[ns, UTC]',
+        'convert it with pd.to_datetime(..., utc=True) (naive times are ambiguous)'))
+  return pd.DatetimeIndex(column).as_unit('ns').asi8
 
 
 def to_timestamps(nanoseconds) -> pd.DatetimeIndex:

@@ -200,15 +200,6 @@ def validate_splits(splits: Sequence[Split], spec: WindowSpec,
 # Flat arrays in a cache directory.
 
 
-def _timestamps_ns(frame: pd.DataFrame, where: str) -> np.ndarray:
-  column = frame[schema.TIMESTAMP]
-  if not isinstance(column.dtype, pd.DatetimeTZDtype):
-    raise errors.SchemaError(errors.describe(
-        where, f'{schema.TIMESTAMP!r} has dtype {column.dtype}, expected datetime64[ns, UTC]',
-        'build the frame with data.klines / data.features, or localise the timestamps to UTC'))
-  return pd.DatetimeIndex(column).tz_convert('UTC').as_unit('ns').asi8
-
-
 def _check_frame(symbol: str, frame: pd.DataFrame) -> None:
   where = f'feature frame {symbol}'
   required = [schema.TIMESTAMP, schema.OBSERVED, schema.SEGMENT, schema.VALID, *FEATURES]
@@ -233,7 +224,7 @@ def cache_key(frames: Mapping[str, pd.DataFrame]) -> str:
   for symbol in sorted(frames):
     frame = frames[symbol]
     _check_frame(symbol, frame)
-    timestamps = _timestamps_ns(frame, f'feature frame {symbol}')
+    timestamps = schema.timestamps_ns(frame, f'feature frame {symbol}')
     has_regime = schema.REGIME in frame.columns
     digest.update(json.dumps([symbol, len(frame), int(timestamps[0]), int(timestamps[-1]),
                               has_regime]).encode())
@@ -253,7 +244,7 @@ def cache_key(frames: Mapping[str, pd.DataFrame]) -> str:
 def _symbol_arrays(symbol: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
   """Converts one feature frame to flat per-row arrays (segment still local)."""
   where = f'feature frame {symbol}'
-  timestamps = _timestamps_ns(frame, where)
+  timestamps = schema.timestamps_ns(frame, where)
   steps = np.diff(timestamps)
   if np.any(steps <= 0):
     position = int(np.argmax(steps <= 0)) + 1
