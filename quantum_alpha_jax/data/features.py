@@ -113,6 +113,13 @@ FEATURE_KINDS = {name: FEATURE_KINDS.get(name, 'none') for name in FEATURES}
 # ((25/27)**300 < 1e-10 for EMA_26).
 WARMUP_BARS = 300
 
+# Optional inputs from the extra kline columns that Binance dumps (and the synthetic market) carry
+# and freqtrade's OHLCV files do not; added only when the source has them, never among the 44:
+#   taker_buy_ratio = taker_buy_volume / volume (0.5 when the volume is 0): order-flow imbalance
+#   trades_zscore   = (log1p(count) - mean_48) / std_48 (0 where the std is 0): trade intensity
+EXTRA_FEATURES = ('taker_buy_ratio', 'trades_zscore')
+EXTRA_SOURCE_COLUMNS = ('count', 'taker_buy_volume')
+
 # The features compute_features adds; the OHLCV features are the kline columns themselves.
 DERIVED_FEATURES = tuple(name for name in FEATURES if name not in schema.OHLCV)
 assert len(DERIVED_FEATURES) == 39
@@ -137,10 +144,15 @@ def compute_features(klines: pd.DataFrame) -> pd.DataFrame:
       _finite_column(klines, name) for name in schema.OHLCV)
   with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
     derived = _derived_features(timestamp_nanoseconds, open_, high, low, close, volume)
-  derived = {name: derived[name].astype(np.float32) for name in DERIVED_FEATURES}
+    names = DERIVED_FEATURES
+    if all(column in klines.columns for column in EXTRA_SOURCE_COLUMNS):
+      derived.update(_extra_features(volume, *(
+          _finite_column(klines, name) for name in EXTRA_SOURCE_COLUMNS)))
+      names += EXTRA_FEATURES
+  derived = {name: derived[name].astype(np.float32) for name in names}
 
   finite = np.ones(len(klines), dtype=bool)
-  for name in FEATURES:
+  for name in FEATURES + (EXTRA_FEATURES if 'trades_zscore' in derived else ()):
     finite &= np.isfinite(derived[name] if name in derived else klines[name].to_numpy(np.float64))
   segment = klines[schema.SEGMENT].to_numpy()
   valid = finite & (_position_in_segment(segment) >= WARMUP_BARS)
@@ -238,6 +250,16 @@ def _derived_features(
   derived['volume_zscore'] = np.where(
       volume_std == 0, 0.0, (volume - _rolling_mean(volume, 48)) / volume_std)
   return derived
+
+
+def _extra_features(volume: np.ndarray, count: np.ndarray, taker_buy_volume: np.ndarray
+                    ) -> dict[str, np.ndarray]:
+  """``EXTRA_FEATURES`` from the trade count and taker-buy volume (see their definitions)."""
+  ratio = np.where(volume > 0, taker_buy_volume / np.where(volume > 0, volume, 1.0), 0.5)
+  trades = np.log1p(np.maximum(count, 0.0))
+  trades_std = _rolling_std(trades, 48)
+  zscore = np.where(trades_std == 0, 0.0, (trades - _rolling_mean(trades, 48)) / trades_std)
+  return {'taker_buy_ratio': ratio, 'trades_zscore': zscore}
 
 
 def _check_columns(klines: pd.DataFrame) -> None:

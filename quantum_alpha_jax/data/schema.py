@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: optional EXTRA_FEATURES beside the Binance extra columns
 
 TIMESTAMP = 'timestamp'
 OHLCV = ('open', 'high', 'low', 'close', 'volume')

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantum_alpha_jax.data import schema
-from quantum_alpha_jax.data.features import FEATURES
+from quantum_alpha_jax.data.features import EXTRA_FEATURES, FEATURES
 from quantum_alpha_jax.errors import DataError, SchemaError, describe
 
 MANIFEST = 'store.json'
@@ -51,6 +51,8 @@ def expected_dtypes(*, extras: bool = False, regime: bool = False) -> dict[str, 
     dtypes[schema.REGIME] = 'int8'
   dtypes[schema.VALID] = 'bool'
   dtypes.update({f: 'float32' for f in FEATURES if f not in schema.OHLCV})
+  if extras:
+    dtypes.update({f: 'float32' for f in EXTRA_FEATURES})
   return dtypes
 
 

@@ -47,7 +47,7 @@ KNOWN_FUTURE_FEATURES = features_lib.KNOWN_FUTURE_FEATURES
 FEATURE_KINDS = features_lib.FEATURE_KINDS
 
 # Bump when the layout of the cached arrays changes; it is part of the cache key.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: extra_features
 NORMALIZER_FORMAT_VERSION = 1
 
 # name -> dtype of the flat arrays in a cache directory (features is [rows, len(FEATURES)]).
@@ -61,7 +61,9 @@ ARRAY_DTYPES = {
     'valid': np.bool_,
     'regime': np.int8,
     'log_return': np.float32,
+    'extra_features': np.float32,  # [rows, len(EXTRA_FEATURES)]; NaN where a symbol lacks them
 }
+EXTRA_FEATURES = features_lib.EXTRA_FEATURES
 
 _METADATA_FILE = 'metadata.json'
 _LOG_EPSILON = 1e-12
@@ -88,6 +90,9 @@ class WindowSpec:
   encoder_length: int
   decoder_length: int = 0
   max_hole_bars: int = 1
+  # Also return ``encoder_extra`` (the EXTRA_FEATURES from Binance's taker-buy and trade-count
+  # columns); every symbol of the store must have them.
+  extra_features: bool = False
 
   def __post_init__(self):
     for name, minimum in (('encoder_length', 1), ('decoder_length', 0), ('max_hole_bars', 0)):
@@ -96,6 +101,7 @@ class WindowSpec:
         raise errors.ConfigError(errors.describe(
             'WindowSpec', f'{name}={value!r} must be an integer >= {minimum}'))
       object.__setattr__(self, name, int(value))
+    object.__setattr__(self, 'extra_features', bool(self.extra_features))
 
   @property
   def window_length(self) -> int:
@@ -107,7 +113,7 @@ class WindowSpec:
     """Row offsets of a window relative to its anchor, ``[window_length]`` int64."""
     return np.arange(-self.encoder_length + 1, self.decoder_length + 1, dtype=np.int64)
 
-  def to_dict(self) -> dict[str, int]:
+  def to_dict(self) -> dict[str, int | bool]:
     """JSON-serialisable form."""
     return dataclasses.asdict(self)
 
@@ -226,10 +232,12 @@ def cache_key(frames: Mapping[str, pd.DataFrame]) -> str:
     _check_frame(symbol, frame)
     timestamps = schema.timestamps_ns(frame, f'feature frame {symbol}')
     has_regime = schema.REGIME in frame.columns
+    has_extra = all(name in frame.columns for name in EXTRA_FEATURES)
     digest.update(json.dumps([symbol, len(frame), int(timestamps[0]), int(timestamps[-1]),
-                              has_regime]).encode())
+                              has_regime, has_extra]).encode())
     digest.update(np.ascontiguousarray(timestamps).data)
-    for name in columns + ([schema.REGIME] if has_regime else []):
+    for name in (columns + ([schema.REGIME] if has_regime else [])
+                 + (list(EXTRA_FEATURES) if has_extra else [])):
       values = np.ascontiguousarray(frame[name].to_numpy())
       if values.dtype.kind not in 'biuf':
         raise errors.SchemaError(errors.describe(
@@ -256,6 +264,11 @@ def _symbol_arrays(symbol: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
   for column, name in enumerate(FEATURES):
     values[:, column] = frame[name].to_numpy(dtype=np.float32)
   close = frame['close'].to_numpy(dtype=np.float64)
+  extra = np.full((len(frame), len(EXTRA_FEATURES)), np.nan, np.float32)
+  has_extra = all(name in frame.columns for name in EXTRA_FEATURES)
+  if has_extra:
+    for column, name in enumerate(EXTRA_FEATURES):
+      extra[:, column] = frame[name].to_numpy(dtype=np.float32)
   if schema.REGIME in frame.columns:
     regime = frame[schema.REGIME].to_numpy(dtype=np.int8)
   else:
@@ -268,6 +281,8 @@ def _symbol_arrays(symbol: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
       'observed': frame[schema.OBSERVED].to_numpy(dtype=np.bool_),
       'valid': frame[schema.VALID].to_numpy(dtype=np.bool_),
       'regime': regime,
+      'extra_features': extra,
+      'has_extra_features': has_extra,
   }
 
 
@@ -280,7 +295,8 @@ def _write_arrays(frames: Mapping[str, pd.DataFrame], directory: pathlib.Path,
   outputs = {
       name: np.lib.format.open_memmap(
           directory / f'{name}.npy', mode='w+', dtype=dtype,
-          shape=(num_rows, len(FEATURES)) if name == 'features' else (num_rows,))
+          shape=((num_rows, len(FEATURES)) if name == 'features' else
+                 (num_rows, len(EXTRA_FEATURES)) if name == 'extra_features' else (num_rows,)))
       for name, dtype in ARRAY_DTYPES.items()
   }
   offset = 0
@@ -319,8 +335,10 @@ def _write_arrays(frames: Mapping[str, pd.DataFrame], directory: pathlib.Path,
     outputs['valid'][rows] = arrays['valid'] & finite
     outputs['regime'][rows] = arrays['regime']
     outputs['log_return'][rows] = log_return
+    outputs['extra_features'][rows] = arrays['extra_features']
     symbol_metadata.append({
         'symbol': symbol, 'first_row': offset, 'num_rows': len(close),
+        'has_extra_features': bool(arrays['has_extra_features']),
         'first_timestamp': int(timestamps[0]), 'last_timestamp': int(timestamps[-1]),
     })
     offset = rows.stop
@@ -415,6 +433,11 @@ class WindowArrays:
       # A plain ndarray view of the map: fancy indexing skips np.memmap's subclass overhead.
       self._arrays[name] = mapped.view(np.ndarray)
     return self._arrays[name]
+
+  @property
+  def metadata(self) -> dict[str, Any]:
+    """The cache's ``metadata.json``: key, rows, segments and per-symbol row ranges."""
+    return self._metadata
 
   @property
   def directory(self) -> pathlib.Path:
@@ -721,6 +744,13 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     self.name = name
     if len(self.anchors) == 0:
       raise errors.DataError(errors.describe(f'WindowSource {name!r}', 'no windows'))
+    if spec.extra_features:
+      lacking = [m['symbol'] for m in arrays.metadata['symbols'] if not m['has_extra_features']]
+      if lacking:
+        raise errors.DataError(errors.describe(
+            f'WindowSource {name!r}', f'extra_features asked for, but {", ".join(lacking)} has no '
+            'trade-count/taker-buy columns (freqtrade files carry OHLCV only)',
+            'set extra_features=False, or ingest Binance dumps that have them'))
     if normalizer.spec.encoder_length != spec.encoder_length:
       raise errors.ConfigError(errors.describe(
           f'WindowSource {name!r}', f'normaliser was fitted for encoder_length '
@@ -741,7 +771,8 @@ class WindowSource(grain.sources.RandomAccessDataSource):
 
     Returns ``encoder [batch, encoder, 44]``, ``decoder_known [batch, decoder, 3]``,
     ``future_returns [batch, decoder]``, ``encoder_returns [batch, encoder]`` and per-item
-    ``symbol``, ``anchor``, ``timestamp``, ``regime``, ``mask``.
+    ``symbol``, ``anchor``, ``timestamp``, ``regime``, ``mask``; with ``spec.extra_features`` also
+    ``encoder_extra [batch, encoder, 2]``.
     """
     anchors = np.asarray(anchors, np.int64).reshape(-1)
     real = anchors >= 0
@@ -754,7 +785,13 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     decoder_known = self.normalizer.apply(
         window[:, encoder_length:][..., _KNOWN_FUTURE_COLUMNS], anchor_row, _KNOWN_FUTURE_COLUMNS)
     returns = np.take(self.arrays.log_return, rows)
-    return {
+    extra = {}
+    if self.spec.extra_features:
+      # Fixed scaling, no fitted statistics: 2 (ratio - 1/2) lies in [-1, 1]; the z-score is one.
+      values = np.take(self.arrays.array('extra_features'), rows[:, :encoder_length], axis=0)
+      values[..., 0] = 2.0 * (values[..., 0] - 0.5)
+      extra = {'encoder_extra': values}
+    return {**extra,
         'encoder': encoder,
         'decoder_known': decoder_known,
         'future_returns': np.ascontiguousarray(returns[:, encoder_length:]),
