@@ -138,3 +138,18 @@ def test_quick_store_feeds_purged_windows_per_split(tmp_path):
   config.splits.test = ('2024-01-24',)
   with pytest.raises(ConfigError, match=r"config.splits.test: \('2024-01-24',\) is not a"):
     pipeline.window_summary(config, windows.WindowSpec(60, 24))
+
+
+def test_summary_feature_ranges_per_symbol_and_year(tmp_path):
+  config = _quick(tmp_path)
+  config.start, config.end = '2023-12-25', '2024-01-08'  # crosses a year boundary
+  config.splits.train = ('2023-12-25', '2024-01-08')
+  summary = pipeline.build_store(config)
+  frames = store.read_store(config.store_dir)
+  for symbol, frame in frames.items():
+    valid = frame.loc[frame[schema.VALID]]
+    for year, ranges in summary['features_by_year'][symbol].items():
+      part = valid.loc[valid.timestamp.dt.year == year]
+      assert ranges['RSI_14']['min'] == pytest.approx(float(part.RSI_14.min()))
+      assert ranges['close']['max'] == pytest.approx(float(part.close.max()))
+    assert sorted(summary['features_by_year'][symbol]) == [2023, 2024]

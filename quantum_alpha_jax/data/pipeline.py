@@ -110,16 +110,24 @@ def summarize(frames: dict[str, pd.DataFrame], reports: dict[str, klines_lib.Ing
   files = [{k: m[k] for k in ('symbol', 'year', 'rows', 'valid_rows', 'observed_rows', 'first', 'last')}
            | {'gaps': len(m['gaps']), 'missing_bars': sum(g['missing_bars'] for g in m['gaps'])}
            for m in written]
-  features = {}
+  features, features_by_year = {}, {}
   for symbol, frame in frames.items():
     valid = frame.loc[frame[schema.VALID], list(FEATURES)]
-    features[symbol] = {f: {'min': float(valid[f].min()), 'mean': float(valid[f].mean()),
-                            'max': float(valid[f].max())} for f in FEATURES}
+    features[symbol] = _ranges(valid)
+    years = pd.DatetimeIndex(frame.loc[frame[schema.VALID], schema.TIMESTAMP]).year
+    features_by_year[symbol] = {int(y): _ranges(part) for y, part in valid.groupby(years)}
   ingest = {s: {'rows_read': r.rows_read, 'duplicates_removed': r.duplicates_removed,
                 'sorted': r.rows_sorted, 'filled_bars': r.filled_bars,
                 'segment_breaks': r.segment_breaks, 'sources': r.sources}
             for s, r in reports.items()}
-  return {'files': files, 'ingest': ingest, 'features': features}
+  return {'files': files, 'ingest': ingest, 'features': features,
+          'features_by_year': features_by_year}
+
+
+def _ranges(values: pd.DataFrame) -> dict[str, dict[str, float]]:
+  """min / mean / max of every feature column (valid rows only)."""
+  low, mean, high = values.min(), values.mean(), values.max()
+  return {f: {'min': float(low[f]), 'mean': float(mean[f]), 'max': float(high[f])} for f in FEATURES}
 
 
 def format_summary(summary: dict) -> str:
@@ -130,6 +138,7 @@ def format_summary(summary: dict) -> str:
   for symbol, ranges in summary['features'].items():
     table = pd.DataFrame(ranges).T
     lines += [f'Feature ranges on valid rows, {symbol}:', table.to_string(float_format='%.5g'), '']
+  lines.append('Per-year feature ranges: features_by_year in summary.json')
   lines.append(f'Wrote {summary["store_dir"]} in {summary["seconds"]} s')
   return '\n'.join(lines)
 
