@@ -9,6 +9,7 @@ read + validate + merge + regularise (ingest), compute_features, and the store w
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 import zipfile
@@ -81,6 +82,8 @@ def main() -> None:
   for name, seconds in timings.items():
     print(f'{name:>12}: {seconds:6.2f} s  ({rows / seconds / 1e6:.2f} M rows/s)')
   print(f'ingest + features: {total:.2f} s (target <= 10 s): {"PASS" if total <= 10 else "MISS"}')
+  print(f'peak resident memory of this process: '
+        f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB')
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ workers) and the evaluation iterator, for the Oracle's spec (encoder 60, decoder
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 
@@ -70,6 +71,9 @@ def main() -> None:
   print(f'train loader / Oracle target step rate ({ORACLE_TARGET_SAMPLES_PER_SECOND} samples/s): '
         f'{best / ORACLE_TARGET_SAMPLES_PER_SECOND:.0f}x (needs >= 10x; re-measure against the real '
         'step once it exists)')
+  print(f'peak resident memory of this process: '
+        f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB (the frames, '
+        'the memory-mapped cache pages and the iterators)')
 
 
 if __name__ == '__main__':
