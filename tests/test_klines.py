@@ -307,3 +307,66 @@ def test_generic_csv_and_parquet_round_trip(tmp_path):
     read, _ = klines.read_klines(path)
     np.testing.assert_array_equal(schema.timestamps_ns(read), schema.timestamps_ns(frame))
     np.testing.assert_allclose(read.close, frame.close, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------- merging files
+
+
+def _month_files(tmp_path, frame, interval='5m', units=('ms', 'us')):
+  """Writes ``frame`` as two Binance files split in the middle, one per timestamp unit."""
+  half = len(frame) // 2
+  paths = []
+  for index, (part, unit) in enumerate(zip((frame.iloc[:half], frame.iloc[half:]), units)):
+    path = tmp_path / f'BTCUSDT-{interval}-{2024 + index}-{(12, 1)[index]:02d}.csv'
+    write_csv(path, binance_rows(part.reset_index(drop=True), unit))
+    paths.append(path)
+  return paths
+
+
+def test_load_symbol_merges_milliseconds_then_microseconds_files(tmp_path):
+  frame = make_klines(400, start='2024-12-31 08:00')
+  paths = _month_files(tmp_path, frame)
+  merged, report = klines.load_symbol(paths, 'BTCUSDT')
+  np.testing.assert_array_equal(schema.timestamps_ns(merged), schema.timestamps_ns(frame))
+  assert merged[schema.OBSERVED].all() and report.gaps == [] and report.rows_read == 400
+
+
+def test_load_symbol_resamples_one_minute_dumps(tmp_path):
+  minutes = make_klines(1000, start='2024-12-31 20:00')
+  minutes[schema.TIMESTAMP] = pd.date_range('2024-12-31 20:00', periods=1000, freq='1min',
+                                            tz='UTC').as_unit('ns')
+  paths = _month_files(tmp_path, minutes, interval='1m')
+  five, _ = klines.load_symbol(paths, 'BTCUSDT')
+  minutes_read = pd.concat([klines.read_klines(p)[0] for p in paths], ignore_index=True)
+  minutes_read.attrs['interval'] = '1m'
+  expected = klines.resample(minutes_read, '5m')
+  assert len(five) == 200
+  for column in schema.OHLCV + ('quote_volume', 'count'):
+    np.testing.assert_allclose(five[column], expected[column], rtol=1e-12)
+
+
+def test_overlapping_files_must_agree_or_be_deduped(tmp_path):
+  frame = make_klines(40)
+  first, second = tmp_path / 'a' / 'BTCUSDT-5m-2023-01.csv', tmp_path / 'b' / 'BTCUSDT-5m-2023-01.csv'
+  first.parent.mkdir(), second.parent.mkdir()
+  write_csv(first, binance_rows(frame.iloc[:30].reset_index(drop=True)))
+  write_csv(second, binance_rows(frame.iloc[20:].reset_index(drop=True)))
+  merged, report = klines.load_symbol([first, second], 'BTCUSDT')
+  assert len(merged) == 40 and report.duplicates_removed == 10  # identical candles merge
+  rows = binance_rows(frame.iloc[20:].reset_index(drop=True))
+  rows[0][4] = f'{float(rows[0][4]) * 1.01:.2f}'  # the later file disagrees on one close
+  rows[0][2] = f'{max(float(rows[0][2]), float(rows[0][4])):.2f}'
+  write_csv(second, rows)
+  with pytest.raises(DataError, match=r'1 candles differ between overlapping files \(first '
+                     r'2023-01-01 01:40\).*dedupe=True'):
+    klines.load_symbol([first, second], 'BTCUSDT')
+  merged, _ = klines.load_symbol([first, second], 'BTCUSDT', dedupe=True)
+  assert merged.close[20] == pytest.approx(float(rows[0][4]))  # the later file wins
+
+
+def test_drop_last_bar_discards_each_files_final_candle(shared_data):
+  path = shared_data / RAW / 'davidzhaodz-freqtrade_BTC_USDT-5m.json'
+  full, _ = klines.load_symbol([path], 'BTCUSDT')
+  trimmed, _ = klines.load_symbol([path], 'BTCUSDT', drop_last_bar=True)
+  assert len(trimmed) == len(full) - 1
+  pd.testing.assert_frame_equal(trimmed, full.iloc[:-1])
