@@ -100,6 +100,9 @@ def build_store(config: ml_collections.ConfigDict) -> dict:
   summary['seconds'] = round(time.perf_counter() - started, 2)
   summary['store_dir'] = str(config.store_dir)
   summary['config'] = config.to_dict()
+  from quantum_alpha_jax.data import plots  # matplotlib only when a store is built
+  summary['overview_png'] = str(plots.plot_overview(
+      frames, Path(config.store_dir) / 'overview.png', title=f'Feature store {config.store_dir}'))
   store_lib.atomic_write_json(Path(config.store_dir) / 'summary.json', summary)
   return summary
 
@@ -139,7 +142,8 @@ def format_summary(summary: dict) -> str:
     table = pd.DataFrame(ranges).T
     lines += [f'Feature ranges on valid rows, {symbol}:', table.to_string(float_format='%.5g'), '']
   lines.append('Per-year feature ranges: features_by_year in summary.json')
-  lines.append(f'Wrote {summary["store_dir"]} in {summary["seconds"]} s')
+  lines.append(f'Wrote {summary["store_dir"]} in {summary["seconds"]} s; '
+               f'picture: {summary["overview_png"]}')
   return '\n'.join(lines)
 
 
