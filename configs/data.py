@@ -9,6 +9,8 @@ from pathlib import Path
 
 import ml_collections
 
+from quantum_alpha_jax.errors import ConfigError
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPOSITORY.parent / 'shared' / 'data'
 
@@ -43,8 +45,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.splits.test = ('2024-01-24', '2024-01-29')
   elif arg == 'real':
     config.source = 'files'
-    config.start = None
-    config.end = None
+    # Optional trim of the files: None keeps everything (override with --config.start=2021-01-01).
+    config.start = ml_collections.config_dict.placeholder(str)
+    config.end = ml_collections.config_dict.placeholder(str)
     directory = SHARED_DATA / 'binance-spot-5m'
     config.inputs = ml_collections.ConfigDict({
         'BTCUSDT': str(directory / 'BTC_USDT-5m.parquet'),
@@ -55,5 +58,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.splits.validation = ('2023-01-01', '2023-07-01')
     config.splits.test = ('2023-07-01', '2024-01-01')
   elif arg:
-    raise ValueError(f'unknown config variant {arg!r}: use "", "quick" or "real"')
+    raise ConfigError(f'configs/data.py: unknown variant {arg!r} — use "", "quick" or "real"')
   return config

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import talib  # a declared test dependency (setup.cfg [test]): never skip the cross-checks
 
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.data import features
 from quantum_alpha_jax.data import schema
 
-talib = pytest.importorskip('talib')
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 BTC_PARQUET = SHARED_DATA / 'binance-spot-5m' / 'BTC_USDT-5m.parquet'

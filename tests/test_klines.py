@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from quantum_alpha_jax.data import klines, schema
-from quantum_alpha_jax.errors import DataError
+from quantum_alpha_jax.errors import ConfigError, DataError
 from tests.conftest import make_klines
 
 RAW = 'freqtrade-raw'
@@ -370,3 +370,66 @@ def test_drop_last_bar_discards_each_files_final_candle(shared_data):
   trimmed, _ = klines.load_symbol([path], 'BTCUSDT', drop_last_bar=True)
   assert len(trimmed) == len(full) - 1
   pd.testing.assert_frame_equal(trimmed, full.iloc[:-1])
+
+
+# --------------------------------------------------------------------------------- review findings
+
+
+def test_three_minute_bars_cannot_make_five_minute_bars(tmp_path):
+  frame = make_klines(40)
+  frame[schema.TIMESTAMP] = pd.date_range('2023-01-01', periods=40, freq='3min', tz='UTC')
+  path = tmp_path / 'BTCUSDT-3m-2023-01.csv'
+  write_csv(path, binance_rows(frame))
+  with pytest.raises(DataError, match=r'3m bars cannot make 5m bars'):
+    klines.load_symbol([path], 'BTCUSDT')
+
+
+def test_incomplete_buckets_become_holes_not_candles(shared_data):
+  path = shared_data / RAW / 'davidzhaodz-freqtrade_BTC_USDT-1m.json'
+  five, report = klines.load_symbol([path], 'BTCUSDT')
+  twin, _ = klines.load_symbol([shared_data / RAW / 'davidzhaodz-freqtrade_BTC_USDT-5m.json'],
+                               'BTCUSDT')
+  # The 1m file starts at 00:34 and ends at 00:32: the partial first and last buckets are dropped,
+  # so the resampled series spans exactly the 5m twin.
+  assert five.timestamp.iloc[0] == twin.timestamp.iloc[0] == pd.Timestamp('2020-05-21 00:35', tz='UTC')
+  assert five.timestamp.iloc[-1] == twin.timestamp.iloc[-1]
+  observed = five.loc[five[schema.OBSERVED]]
+  merged = observed.merge(twin, on=schema.TIMESTAMP, suffixes=('', '_twin'))
+  assert len(merged) == len(observed)  # every observed resampled candle has a real twin
+  np.testing.assert_array_equal(merged.close, merged.close_twin)
+
+
+def test_binance_header_in_another_order_is_mapped_by_name(tmp_path):
+  frame = make_klines(20)
+  rows = binance_rows(frame)
+  order = [0, 4, 2, 3, 1] + list(range(5, 12))  # close and open swapped in the header and data
+  path = tmp_path / 'BTCUSDT-5m-2023-01.csv'
+  lines = [','.join(klines.BINANCE_COLUMNS[i] for i in order)]
+  lines += [','.join(str(row[i]) for i in order) for row in rows]
+  path.write_text('\n'.join(lines) + '\n')
+  read, _ = klines.read_klines(path)
+  np.testing.assert_allclose(read.open, frame.open.round(2))
+  np.testing.assert_allclose(read.close, frame.close.round(2))
+
+
+def test_empty_timestamps_are_refused(tmp_path):
+  frame = make_klines(10).drop(columns=['observed', 'segment'])
+  frame['timestamp'] = frame.timestamp.astype(str)
+  frame.loc[4, 'timestamp'] = ''
+  path = tmp_path / 'prices.csv'
+  frame.to_csv(path, index=False)
+  with pytest.raises(DataError, match=r'prices.csv: 1 empty or unparsable timestamps \(first at row 4\)'):
+    klines.read_klines(path)
+  table = make_klines(10).drop(columns=['observed', 'segment'])
+  table.loc[3, 'timestamp'] = pd.NaT
+  table.to_parquet(tmp_path / 'prices.parquet')
+  with pytest.raises(DataError, match=r'empty or unparsable timestamps \(first at row 3\)'):
+    klines.read_klines(tmp_path / 'prices.parquet')
+
+
+def test_bad_interval_and_fill_limit_are_config_errors(tmp_path):
+  path = _binance_file(tmp_path, binance_rows(make_klines(20)))
+  with pytest.raises(ConfigError, match=r"interval '7m' is not supported"):
+    klines.load_symbol([path], 'BTCUSDT', interval='7m')
+  with pytest.raises(ConfigError, match=r'fill_limit_bars: -1 is not a whole number'):
+    klines.load_symbol([path], 'BTCUSDT', fill_limit_bars=-1)

@@ -89,7 +89,7 @@ def test_config_errors(tmp_path):
   config.inputs.BTCUSDT = str(tmp_path / '*.zip')
   with pytest.raises(DataError, match=r'matches no file'):
     pipeline.load_klines(config)
-  with pytest.raises(ValueError, match=r"unknown config variant 'fast'"):
+  with pytest.raises(ConfigError, match=r"unknown variant 'fast'"):
     data_config.get_config('fast')
 
 

@@ -120,3 +120,42 @@ def test_rebuild_removes_stale_years_and_keeps_other_symbols(tmp_path, frames):
   assert not (tmp_path / 'BTCUSDT_2023_5m.json').exists()
   read = store.read_store(tmp_path)
   assert len(read['BTCUSDT']) == 200 and len(read['ETHUSDT']) == 1200
+
+
+@pytest.mark.parametrize('fail_at', [1, 3])
+def test_killed_rebuild_at_any_file_leaves_the_old_store(tmp_path, frames, monkeypatch, fail_at):
+  store.write_store(tmp_path, frames)
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  real_write, calls = pq.write_table, []
+
+  def write_or_die(table, where, **kwargs):
+    calls.append(where)
+    if len(calls) == fail_at:
+      raise KeyboardInterrupt('killed')
+    real_write(table, where, **kwargs)
+
+  monkeypatch.setattr(pq, 'write_table', write_or_die)
+  with pytest.raises(KeyboardInterrupt):
+    store.write_store(tmp_path, {s: f.assign(close=f.close * 2) for s, f in frames.items()})
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_store_caught_between_two_builds_is_refused(tmp_path, frames, monkeypatch):
+  store.write_store(tmp_path, frames)
+  real_replace, calls = os.replace, []
+
+  def replace_or_die(source, destination):
+    calls.append(destination)
+    if len(calls) == 3:  # after the first year's parquet and sidecar were moved into place
+      raise KeyboardInterrupt('killed')
+    real_replace(source, destination)
+
+  monkeypatch.setattr(os, 'replace', replace_or_die)
+  with pytest.raises(KeyboardInterrupt):
+    store.write_store(tmp_path, {s: f.assign(close=f.close * 2) for s, f in frames.items()})
+  monkeypatch.undo()
+  assert not any(p.name.startswith('.staging') for p in tmp_path.iterdir())
+  with pytest.raises(DataError, match=r'BTCUSDT_2022_5m.parquet: comes from build .* store.json '
+                     r'lists build .*interrupted'):
+    store.read_store(tmp_path, ['BTCUSDT'])
+  store.read_store(tmp_path, ['ETHUSDT'])  # untouched symbol files still read

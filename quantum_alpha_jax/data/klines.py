@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from quantum_alpha_jax.data import schema
-from quantum_alpha_jax.errors import DataError, describe
+from quantum_alpha_jax.errors import ConfigError, DataError, describe
 
 BINANCE_COLUMNS = (
     'open_time', 'open', 'high', 'low', 'close', 'volume', 'close_time', 'quote_volume', 'count',
@@ -225,6 +225,7 @@ def resample(frame: pd.DataFrame, interval: str = '5m', *, require_complete: boo
   Buckets are labelled by their open time (left-closed). With ``require_complete`` a bucket missing
   any source bar is dropped (it then becomes a gap), else partial buckets are kept.
   """
+  _check_interval(interval, 'resample')
   target = INTERVALS[interval]
   source_interval = frame.attrs.get('interval')
   times = schema.timestamps_ns(frame)
@@ -257,6 +258,8 @@ def regularize(frame: pd.DataFrame, *, fill_limit_bars: int = 72, interval: str 
   Holes of at most ``fill_limit_bars`` bars become zero-volume bars at the previous close with
   ``observed=False``; longer holes are left out and start a new ``segment``.
   """
+  _check_interval(interval, 'regularize')
+  check_fill_limit(fill_limit_bars)
   step = INTERVALS[interval].value
   times = schema.timestamps_ns(frame)
   missing = np.diff(times) // step - 1
@@ -303,11 +306,14 @@ def load_symbol(paths: Iterable[str | Path], symbol: str, *, sort: bool = False,
                 drop_last_bar: bool = False) -> tuple[pd.DataFrame, IngestReport]:
   """Reads every file of one symbol, merges them, resamples to ``interval`` and regularises.
 
-  Files may be in different formats and intervals (1m files are resampled). Overlapping files must
+  Files may be in different formats and intervals (1m files are resampled; an incomplete bucket
+  becomes a hole, never a full candle). Overlapping files must
   agree or be de-duplicated with ``dedupe``. ``drop_last_bar`` drops each file's final row, which a
   freqtrade download may have caught while the candle was still open.
   """
   paths = [Path(p) for p in paths]
+  _check_interval(interval, 'load_symbol')
+  check_fill_limit(fill_limit_bars)
   if not paths:
     raise DataError(describe(symbol, 'no input files', 'list the kline files in config.inputs'))
   report = IngestReport(symbol=symbol)
@@ -323,10 +329,16 @@ def load_symbol(paths: Iterable[str | Path], symbol: str, *, sort: bool = False,
       frame = frame.iloc[:-1]
     if frame.attrs['interval'] != interval:
       source = INTERVALS[frame.attrs['interval']]
-      if source > INTERVALS[interval]:
-        raise DataError(describe(path.name, f'{frame.attrs["interval"]} bars cannot make {interval} bars',
-                                 f'provide {interval} or finer klines'))
-      frame = resample(frame, interval)
+      if source > INTERVALS[interval] or INTERVALS[interval] % source:
+        # 3m bars straddle 5m boundaries: their close would leak into the earlier bucket.
+        raise DataError(describe(path.name, f'{frame.attrs["interval"]} bars cannot make {interval} '
+                                 'bars', f'provide {interval} klines or an interval that divides it'))
+      # A bucket with a missing source bar is dropped: the hole is then filled explicitly
+      # (observed=False) or splits a segment, never passed off as a full candle.
+      frame = resample(frame, interval, require_complete=True)
+      if len(frame) == 0:
+        raise DataError(describe(path.name, f'no complete {interval} bucket in the file',
+                                 'provide a longer file'))
     frames.append(frame)
     report.sources.append(str(path))
     report.rows_read += file_report.rows_read
@@ -432,7 +444,10 @@ def _read_csv(data: bytes, where: str) -> pd.DataFrame:
   if header is not None and not any(c in header for c in TIME_COLUMN_NAMES):
     raise DataError(describe(where, f'no time column among {header}',
                              f'name it one of {", ".join(TIME_COLUMN_NAMES)}'))
-  if raw.shape[1] == len(BINANCE_COLUMNS) and (header is None or header[0] == 'open_time'):
+  if header is not None and set(header) == set(BINANCE_COLUMNS):
+    raw.columns = header  # a Binance header, in whatever order: map the columns by name
+    return _binance_frame(raw, where)
+  if header is None and raw.shape[1] == len(BINANCE_COLUMNS):
     raw.columns = list(BINANCE_COLUMNS)
     return _binance_frame(raw, where)
   if header is None:
@@ -532,10 +547,31 @@ def _read_table_frame(table: pd.DataFrame, where: str) -> pd.DataFrame:
   extras = [c for c in schema.EXTRA_KLINE_COLUMNS if c in table.columns]
   numeric = _numeric(table, list(schema.OHLCV) + extras, where)
   stamps = pd.DatetimeIndex(stamps)
-  stamps = (stamps.tz_localize('UTC') if stamps.tz is None else stamps.tz_convert('UTC')).as_unit('ns')
+  if stamps.isna().any():
+    row = int(np.flatnonzero(stamps.isna())[0])
+    raise DataError(describe(where, f'{int(stamps.isna().sum())} empty or unparsable timestamps '
+                             f'(first at row {row})', 'fill in or remove those rows'))
+  if stamps.tz is None:
+    logging.warning('%s: timestamps carry no time zone; reading them as UTC', where)
+    stamps = stamps.tz_localize('UTC')
+  stamps = stamps.tz_convert('UTC').as_unit('ns')
   out = {schema.TIMESTAMP: stamps}
   out.update(numeric)
   return pd.DataFrame(out)
+
+
+def _check_interval(interval: str, where: str) -> None:
+  if interval not in INTERVALS:
+    raise ConfigError(describe(where, f'interval {interval!r} is not supported',
+                               f'use one of {", ".join(INTERVALS)}'))
+
+
+def check_fill_limit(fill_limit_bars: int) -> None:
+  """ConfigError unless ``fill_limit_bars`` is a whole number >= 0."""
+  if isinstance(fill_limit_bars, bool) or not isinstance(fill_limit_bars, (int, np.integer)) or (
+      fill_limit_bars < 0):
+    raise ConfigError(describe('fill_limit_bars', f'{fill_limit_bars!r} is not a whole number >= 0',
+                               'set --config.fill_limit_bars=72 (6 h) or another bar count'))
 
 
 def _infer_interval_from_data(frame: pd.DataFrame) -> str:

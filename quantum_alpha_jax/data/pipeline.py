@@ -45,6 +45,7 @@ def load_klines(config: ml_collections.ConfigDict
     raise ConfigError(describe('config.symbols', 'empty', 'list at least one symbol'))
   for symbol in symbols:
     klines_lib.check_symbol(symbol, where='config.symbols')
+  klines_lib.check_fill_limit(config.fill_limit_bars)
   if config.source == 'synthetic':
     frames = synthetic.generate_market(symbols=tuple(symbols), start=config.start, end=config.end,
                                        seed=config.seed)
@@ -72,9 +73,9 @@ def load_klines(config: ml_collections.ConfigDict
 def _trim(frame: pd.DataFrame, start: Any, end: Any) -> pd.DataFrame:
   keep = np.ones(len(frame), dtype=bool)
   if start is not None:
-    keep &= (frame[schema.TIMESTAMP] >= pd.Timestamp(start, tz='UTC')).to_numpy()
+    keep &= (frame[schema.TIMESTAMP] >= schema.to_utc(start, 'config.start')).to_numpy()
   if end is not None:
-    keep &= (frame[schema.TIMESTAMP] < pd.Timestamp(end, tz='UTC')).to_numpy()
+    keep &= (frame[schema.TIMESTAMP] < schema.to_utc(end, 'config.end')).to_numpy()
   if not keep.any():
     raise DataError(describe('config.start/end', f'no bars between {start} and {end}',
                              'widen the date range'))

@@ -58,3 +58,20 @@ def timestamps_ns(frame: pd.DataFrame, where: str = 'frame') -> np.ndarray:
 def to_timestamps(nanoseconds) -> pd.DatetimeIndex:
   """int64 nanoseconds since the epoch -> ``DatetimeIndex`` in UTC with ns unit."""
   return pd.to_datetime(nanoseconds, unit='ns', utc=True).as_unit('ns')
+
+
+def to_utc(value, where: str = 'config') -> pd.Timestamp:
+  """A date or timestamp (naive = UTC, aware = converted) as a UTC ``pd.Timestamp``; ConfigError
+  when it does not parse."""
+  from quantum_alpha_jax.errors import ConfigError, describe
+  try:
+    timestamp = pd.Timestamp(value)
+  except (TypeError, ValueError) as error:
+    raise ConfigError(describe(
+        where, f'cannot parse {value!r} as a timestamp ({error})',
+        "use an ISO date such as '2021-01-01' or '2021-01-01T00:00:00Z'")) from None
+  if timestamp is pd.NaT:
+    raise ConfigError(describe(where, 'timestamp is NaT', 'give a real date'))
+  if timestamp.tzinfo is None:
+    return timestamp.tz_localize('UTC').as_unit('ns')
+  return timestamp.tz_convert('UTC').as_unit('ns')

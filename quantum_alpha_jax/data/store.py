@@ -5,10 +5,12 @@ dtypes, the row counts, the first and last bar, the gaps of that year, the sourc
 SHA-256, and the parquet file's own size and SHA-256. ``store.json`` lists the files of the current
 build; readers only read what it lists.
 
-Writes are atomic: every file is written to a temporary name in the same directory, flushed to disk
-and renamed over the old one, parquet first, sidecar second, manifest last. A write killed at any
-point leaves either the old store or the new one readable; a parquet file whose size or hash no
-longer matches its sidecar (a kill between two renames) is refused with a clear error.
+Writes are atomic. A build first writes and flushes every file into a staging directory beside
+the store (the slow part; a kill there leaves the old store exactly as it was), then renames the
+files into place (milliseconds) and finally replaces ``store.json``, which names the build id of
+every file. Each sidecar carries its build id too, so a store caught in the middle of the renames is
+refused with a clear error instead of being read as a mix of two builds; a parquet file whose size
+or hash no longer matches its sidecar is refused the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -97,58 +101,80 @@ def write_store(root: str | Path, frames: Mapping[str, pd.DataFrame],
 
   ``frames`` maps a symbol to its feature frame (kline columns, ``valid`` and the 44 features).
   ``sources`` lists each symbol's input files (hashed into the sidecar); ``gaps`` its ``Gap``s.
+  Every file is first written and flushed in a staging directory; only then are they renamed into
+  place (milliseconds) and ``store.json`` updated. Each sidecar carries the build id that
+  ``store.json`` lists for it, so a store caught between two builds is refused, never mixed.
   """
   root = Path(root)
   root.mkdir(parents=True, exist_ok=True)
+  build = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S') + (
+      '-' + uuid.uuid4().hex[:8])
   source_hashes = {}
   for symbol, paths in (sources or {}).items():
     source_hashes[symbol] = [{'path': str(p), 'sha256': sha256_file(p)} for p in paths]
+  staging = Path(tempfile.mkdtemp(prefix='.staging-', dir=root))
   written = []
-  for symbol, frame in frames.items():
-    dtypes = _frame_dtypes(frame, where=symbol)
-    frame = frame[list(dtypes)].assign(**{
-        schema.TIMESTAMP: pd.DatetimeIndex(frame[schema.TIMESTAMP]).as_unit('ns')})
-    years = pd.DatetimeIndex(frame[schema.TIMESTAMP]).year.to_numpy()
-    symbol_gaps = list((gaps or {}).get(symbol, ()))
-    for year in np.unique(years):
-      part = frame.loc[years == year].reset_index(drop=True)
-      stem = file_stem(symbol, int(year))
-      table = pa.Table.from_pandas(part, preserve_index=False)
-      atomic_write(root / f'{stem}.parquet',
-                   lambda temporary: pq.write_table(table, temporary, compression='zstd'))
-      first, last = part[schema.TIMESTAMP].iloc[0], part[schema.TIMESTAMP].iloc[-1]
-      year_gaps = [g.to_dict() for g in symbol_gaps if first <= g.start <= last + schema.BAR]
-      metadata = {
-          'schema_version': schema.SCHEMA_VERSION,
-          'symbol': symbol,
-          'year': int(year),
-          'interval': '5m',
-          'features': list(FEATURES),
-          'dtypes': dtypes,
-          'rows': len(part),
-          'valid_rows': int(part[schema.VALID].sum()),
-          'observed_rows': int(part[schema.OBSERVED].sum()),
-          'first': first.isoformat(),
-          'last': last.isoformat(),
-          'gaps': year_gaps,
-          'sources': source_hashes.get(symbol, []),
-          'parquet_bytes': (root / f'{stem}.parquet').stat().st_size,
-          'parquet_sha256': sha256_file(root / f'{stem}.parquet'),
-          'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      }
-      atomic_write_json(root / f'{stem}.json', metadata)
-      written.append(metadata)
-  _update_manifest(root, frames.keys(), [file_stem(m['symbol'], m['year']) for m in written])
+  try:
+    for symbol, frame in frames.items():
+      dtypes = _frame_dtypes(frame, where=symbol)
+      frame = frame[list(dtypes)].assign(**{
+          schema.TIMESTAMP: pd.DatetimeIndex(frame[schema.TIMESTAMP]).as_unit('ns')})
+      years = pd.DatetimeIndex(frame[schema.TIMESTAMP]).year.to_numpy()
+      symbol_gaps = list((gaps or {}).get(symbol, ()))
+      for year in np.unique(years):
+        part = frame.loc[years == year].reset_index(drop=True)
+        stem = file_stem(symbol, int(year))
+        parquet = staging / f'{stem}.parquet'
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), parquet,
+                       compression='zstd')
+        _fsync(parquet)
+        first, last = part[schema.TIMESTAMP].iloc[0], part[schema.TIMESTAMP].iloc[-1]
+        metadata = {
+            'schema_version': schema.SCHEMA_VERSION,
+            'build': build,
+            'symbol': symbol,
+            'year': int(year),
+            'interval': '5m',
+            'features': list(FEATURES),
+            'dtypes': dtypes,
+            'rows': len(part),
+            'valid_rows': int(part[schema.VALID].sum()),
+            'observed_rows': int(part[schema.OBSERVED].sum()),
+            'first': first.isoformat(),
+            'last': last.isoformat(),
+            'gaps': [g.to_dict() for g in symbol_gaps if first <= g.start <= last + schema.BAR],
+            'sources': source_hashes.get(symbol, []),
+            'parquet_bytes': parquet.stat().st_size,
+            'parquet_sha256': sha256_file(parquet),
+            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }
+        (staging / f'{stem}.json').write_text(json.dumps(metadata, indent=1))
+        _fsync(staging / f'{stem}.json')
+        written.append(metadata)
+    stems = [file_stem(m['symbol'], m['year']) for m in written]
+    for stem in stems:
+      for suffix in ('.parquet', '.json'):
+        os.replace(staging / f'{stem}{suffix}', root / f'{stem}{suffix}')
+    _update_manifest(root, frames.keys(), {stem: build for stem in stems})
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   return written
 
 
-def _update_manifest(root: Path, symbols: Iterable[str], stems: Sequence[str]) -> None:
+def _fsync(path: Path) -> None:
+  with open(path, 'rb') as handle:
+    os.fsync(handle.fileno())
+
+
+def _update_manifest(root: Path, symbols: Iterable[str], builds: Mapping[str, str]) -> None:
   """Replaces the rewritten symbols' entries in ``store.json`` and removes their stale files."""
   symbols = set(symbols)
   manifest = read_manifest(root, missing_ok=True)
-  kept = [s for s in manifest.get('files', []) if s.rsplit('_', 2)[0] not in symbols]
-  files = sorted(kept + list(stems))
-  atomic_write_json(root / MANIFEST, {'schema_version': schema.SCHEMA_VERSION, 'files': files})
+  files = {stem: build for stem, build in manifest.get('files', {}).items()
+           if stem.rsplit('_', 2)[0] not in symbols}
+  files.update(builds)
+  atomic_write_json(root / MANIFEST, {'schema_version': schema.SCHEMA_VERSION,
+                                      'files': dict(sorted(files.items()))})
   for path in root.glob('*_5m.*'):
     stem = path.name.rsplit('.', 1)[0]
     if stem.rsplit('_', 2)[0] in symbols and stem not in files and path.suffix in ('.parquet', '.json'):
@@ -163,9 +189,14 @@ def read_manifest(root: str | Path, missing_ok: bool = False) -> dict:
       return {}
     raise DataError(describe(str(root), 'no feature store here (store.json is missing)', REBUILD))
   try:
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
   except json.JSONDecodeError as error:
     raise DataError(describe(str(path), f'corrupt manifest ({error.msg})', REBUILD)) from error
+  if manifest.get('schema_version') != schema.SCHEMA_VERSION or not isinstance(
+      manifest.get('files'), dict):
+    raise SchemaError(describe(str(path), f'store schema version {manifest.get("schema_version")}, '
+                               f'code expects {schema.SCHEMA_VERSION}', REBUILD))
+  return manifest
 
 
 def store_symbols(root: str | Path) -> list[str]:
@@ -198,8 +229,8 @@ def read_store(root: str | Path, symbols: Sequence[str] | None = None, start: An
       raise DataError(describe(str(root), f'unknown symbol {symbol!r}; the store holds '
                                f'{", ".join(available) or "nothing"}',
                                'fix config.symbols or build the store for that symbol'))
-  start = pd.Timestamp(start, tz='UTC') if start is not None else None
-  end = pd.Timestamp(end, tz='UTC') if end is not None else None
+  start = schema.to_utc(start, 'read_store start') if start is not None else None
+  end = schema.to_utc(end, 'read_store end') if end is not None else None
   stems = read_manifest(root)['files']
   frames = {}
   for symbol in symbols:
@@ -210,7 +241,7 @@ def read_store(root: str | Path, symbols: Sequence[str] | None = None, start: An
       year = int(stem.rsplit('_', 2)[1])
       if (start is not None and year < start.year) or (end is not None and year > end.year):
         continue
-      parts.append(_read_file(root, symbol, year, verify_hash))
+      parts.append(_read_file(root, symbol, year, verify_hash, build=stems[stem]))
     if not parts:
       raise DataError(describe(str(root), f'no {symbol} data between {start} and {end}',
                                'widen the date range or rebuild the store'))
@@ -224,10 +255,14 @@ def read_store(root: str | Path, symbols: Sequence[str] | None = None, start: An
   return frames
 
 
-def _read_file(root: Path, symbol: str, year: int, verify_hash: bool) -> pd.DataFrame:
+def _read_file(root: Path, symbol: str, year: int, verify_hash: bool, build: str) -> pd.DataFrame:
   stem = file_stem(symbol, year)
   path = root / f'{stem}.parquet'
   metadata = read_metadata(root, symbol, year)
+  if metadata.get('build') != build:
+    raise DataError(describe(path.name, f'comes from build {metadata.get("build")}, store.json '
+                             f'lists build {build} (a build was interrupted while its files were '
+                             'moved into place)', REBUILD))
   if metadata.get('schema_version') != schema.SCHEMA_VERSION:
     raise SchemaError(describe(path.name, f'schema version {metadata.get("schema_version")}, '
                                f'code expects {schema.SCHEMA_VERSION}', REBUILD))

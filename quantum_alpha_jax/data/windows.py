@@ -118,20 +118,6 @@ class WindowSpec:
     return dataclasses.asdict(self)
 
 
-def _to_utc(value: Any, where: str) -> pd.Timestamp:
-  try:
-    timestamp = pd.Timestamp(value)
-  except (TypeError, ValueError) as error:
-    raise errors.ConfigError(errors.describe(
-        where, f'cannot parse {value!r} as a timestamp ({error})',
-        "use an ISO date such as '2021-01-01' or '2021-01-01T00:00:00Z'")) from None
-  if timestamp is pd.NaT:
-    raise errors.ConfigError(errors.describe(where, 'timestamp is NaT', 'give a real date'))
-  if timestamp.tzinfo is None:
-    return timestamp.tz_localize('UTC').as_unit('ns')
-  return timestamp.tz_convert('UTC').as_unit('ns')
-
-
 @dataclasses.dataclass(frozen=True)
 class Split:
   """A named time range ``[start, end)`` (UTC; naive times are read as UTC)."""
@@ -142,7 +128,7 @@ class Split:
 
   def __post_init__(self):
     where = f'split {self.name!r}'
-    start, end = _to_utc(self.start, where), _to_utc(self.end, where)
+    start, end = schema.to_utc(self.start, where), schema.to_utc(self.end, where)
     if start >= end:
       raise errors.ConfigError(errors.describe(
           where, f'start {start} is not before end {end}', 'swap or fix the dates'))
