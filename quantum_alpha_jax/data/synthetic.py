@@ -450,23 +450,10 @@ def _check_seed(seed) -> int:
   return int(seed)
 
 
-def _timestamp(value, name: str) -> pd.Timestamp:
-  try:
-    timestamp = pd.Timestamp(value)
-  except (TypeError, ValueError) as error:
-    raise errors.ConfigError(errors.describe(
-        _WHERE, f'{name}={value!r} is not a date', "pass e.g. '2019-01-01'")) from error
-  if pd.isna(timestamp):
-    raise errors.ConfigError(errors.describe(
-        _WHERE, f'{name}={value!r} is not a date', "pass e.g. '2019-01-01'"))
-  if timestamp.tzinfo is None:
-    return timestamp.tz_localize('UTC')
-  return timestamp.tz_convert('UTC')
-
-
 def _open_times(start, end) -> np.ndarray:
   """Bar open times in int64 ns: the 5-minute grid points in ``[start, end)``."""
-  start_time, end_time = _timestamp(start, 'start'), _timestamp(end, 'end')
+  start_time, end_time = (schema.to_utc(start, f'{_WHERE} start'),
+                          schema.to_utc(end, f'{_WHERE} end'))
   if start_time >= end_time:
     raise errors.ConfigError(errors.describe(
         _WHERE, f'start {start_time} is not before end {end_time}', 'pass start < end'))
