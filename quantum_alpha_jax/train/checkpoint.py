@@ -1,0 +1,98 @@
+"""Orbax checkpoints of a run: the latest N plus the best by validation metric, with the Grain
+iterator state and a JSON record (loop counters, normaliser, best so far), so resume is exact.
+
+Orbax writes each step to a temporary directory and renames it when complete; a directory left
+half-written by a kill is never listed as a step and is removed when the manager next opens.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from quantum_alpha_jax.errors import QuantumAlphaError, describe
+
+
+class CheckpointError(QuantumAlphaError):
+  """A checkpoint is missing, unreadable or does not fit the model being restored."""
+
+
+def _metric_key(metric: str, mode: str):
+  sign = -1.0 if mode == 'min' else 1.0
+
+  def key(metrics: Any) -> float:
+    value = float(metrics.get(metric, math.nan)) if metrics else math.nan
+    return sign * value if math.isfinite(value) else -math.inf
+
+  return key
+
+
+class Checkpoints:
+  """``save(step, state, iterator, record, metrics)`` / ``restore(step, like, iterator)`` under
+  ``directory``; keeps the ``keep`` latest steps and the ``keep_best`` best by ``metric``."""
+
+  def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, keep_best: int = 1,
+               metric: str = 'loss', mode: str = 'min', read_only: bool = False):
+    if mode not in ('min', 'max'):
+      raise CheckpointError(describe('checkpoint metric mode', f'{mode!r}', 'use "min" or "max"'))
+    self.directory = pathlib.Path(directory).resolve()
+    self.metric, self.mode = metric, mode
+    policy = preservation_policy.AnyPreservationPolicy([
+        preservation_policy.LatestN(keep),
+        preservation_policy.BestN(get_metric_fn=_metric_key(metric, mode), n=keep_best,
+                                  keep_checkpoints_without_metrics=False)])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only, enable_async_checkpointing=False)
+    if read_only and not self.directory.exists():
+      raise CheckpointError(describe(str(self.directory), 'no such checkpoint directory',
+                                     'pass the workdir of a finished or running training run'))
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, iterator: grain.DatasetIterator | None,
+           record: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+    """Writes ``state`` (any pytree), the iterator position and the JSON ``record`` at ``step``."""
+    items = {'state': ocp.args.StandardSave(state), 'record': ocp.args.JsonSave(record)}
+    if iterator is not None:
+      items['iterator'] = grain.checkpoint.CheckpointSave(iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, like: Any, iterator: grain.DatasetIterator | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+    """Restores the state shaped (and sharded) like the pytree ``like``; repositions ``iterator``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    items = {'state': ocp.args.StandardRestore(abstract), 'record': ocp.args.JsonRestore()}
+    if iterator is not None:
+      items['iterator'] = grain.checkpoint.CheckpointRestore(iterator)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, FileNotFoundError) as error:
+      raise CheckpointError(describe(
+          f'{self.directory}/{step}', f'cannot restore: {error}',
+          'the checkpoint was written by a different model/config; use a new --workdir')) from error
+    return restored['state'], dict(restored['record'])
+
+  def read_record(self, step: int | None = None) -> dict[str, Any]:
+    """The JSON record saved with ``step`` (the latest by default)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(describe(str(self.directory), 'holds no checkpoint',
+                                     'train first, or pass the workdir of a finished run'))
+    restored = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
+    return dict(restored['record'])
+
+  def close(self) -> None:
+    self.manager.close()

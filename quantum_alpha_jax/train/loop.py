@@ -1,0 +1,284 @@
+"""The training loop every model shares: steps or epochs, evaluation on a schedule, early stopping,
+Orbax checkpoints with exact resume, TensorBoard + ``metrics.jsonl`` + a progress display.
+
+A task is any object with
+
+- ``init_params(rng, batch) -> params``: fp32 params from one example batch (numpy, unsharded);
+- ``loss_fn(params, batch, rng) -> (loss, metrics)``: see :mod:`quantum_alpha_jax.train.step`.
+
+``train_and_evaluate(config, task, data, workdir)`` trains on ``data['train']``, evaluates on
+``data['validation']`` and returns the best params by the validation metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from quantum_alpha_jax.data.windows import SplitData
+from quantum_alpha_jax.errors import ConfigError, describe
+from quantum_alpha_jax.progress import Progress
+from quantum_alpha_jax.train import checkpoint as checkpoint_lib
+from quantum_alpha_jax.train import state as state_lib
+from quantum_alpha_jax.train import step as step_lib
+from quantum_alpha_jax.train import writers
+
+# Config keys that may change between a killed run and its resume without changing the result.
+RESUMABLE_CHANGES = ('log_every_steps', 'num_workers', 'progress_interval_seconds')
+
+
+class Task(Protocol):
+
+  def init_params(self, rng: jax.Array, batch: Mapping[str, np.ndarray]) -> Any:
+    ...
+
+  def loss_fn(self, params: Any, batch: Mapping[str, jax.Array],
+              rng: jax.Array | None) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+    ...
+
+
+Hook = Callable[[int, state_lib.TrainState], None]
+
+
+def train_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The ``train`` sub-config every model config embeds; model configs override the defaults."""
+  config = ml_collections.ConfigDict({
+      'seed': 0,
+      'batch_size': 256,  # global, over all processes and devices
+      'num_epochs': 100,
+      'num_steps': 0,  # > 0 overrides num_epochs
+      'eval_every_steps': 0,  # 0: once per epoch
+      'max_eval_batches': 0,  # 0: the whole validation split
+      'log_every_steps': 50,
+      'patience': 15,  # evaluations without improvement before stopping; 0: never stop early
+      'min_delta': 0.0,
+      'validation_metric': 'loss',
+      'validation_mode': 'min',
+      'keep_checkpoints': 3,
+      'compute_dtype': 'float32',
+      'accumulation_steps': 1,
+      'num_devices': 0,  # 0: every device
+      'num_workers': 0,  # Grain worker processes for the training batches
+      'progress_interval_seconds': 10.0,
+      'optimizer': state_lib.optimizer_config(),
+  })
+  config.update(overrides)
+  return config
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a run leaves: the best params, its validation metrics and a JSON-ready summary."""
+
+  params: Any
+  best_step: int
+  best_metrics: dict[str, float]
+  summary: dict[str, Any]
+  state: state_lib.TrainState
+
+
+def evaluate(eval_step: Callable[..., Any], params: Any, split: SplitData,
+             mesh: jax.sharding.Mesh, max_batches: int = 0) -> dict[str, float]:
+  """Exact means of the task metrics over ``split`` (padding rows masked), or its first batches."""
+  sums = []
+  iterator = split.iterator()
+  limit = split.steps_per_epoch if max_batches <= 0 else min(max_batches, split.steps_per_epoch)
+  for _, batch in zip(range(limit), iterator):
+    sums.append(eval_step(params, step_lib.shard_batch(batch, mesh)))
+  return step_lib.mean_metrics(jax.device_get(sums))
+
+
+def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  if config.num_steps > 0:
+    return int(config.num_steps)
+  if config.num_epochs <= 0:
+    raise ConfigError(describe('config.train', 'num_epochs and num_steps are both 0',
+                               'set --config.train.num_epochs or --config.train.num_steps'))
+  return int(config.num_epochs) * int(steps_per_epoch)
+
+
+def _config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                        prefix: str = '') -> list[str]:
+  keys = sorted(set(saved) | set(current))
+  differences = []
+  for key in keys:
+    name = f'{prefix}{key}'
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      differences += _config_differences(a, b, name + '.')
+    elif a != b and key not in RESUMABLE_CHANGES:
+      differences.append(f'{name}: {a!r} → {b!r}')
+  return differences
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+  if best is None:
+    return bool(np.isfinite(value))
+  return value < best - min_delta if mode == 'min' else value > best + min_delta
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
+                       data: Mapping[str, SplitData], workdir: str | pathlib.Path, *,
+                       run_config: Mapping[str, Any] | None = None,
+                       extra_record: Mapping[str, Any] | None = None,
+                       hooks: Sequence[Hook] = ()) -> TrainResult:
+  """Trains ``task`` on ``data['train']``, validating on ``data['validation']``; resumes from
+  ``workdir/checkpoints`` when it holds a run of the same ``run_config`` (the whole experiment
+  config, checked so that a resume never mixes two setups)."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  for name in ('train', 'validation'):
+    if name not in data:
+      raise ConfigError(describe('train_and_evaluate', f'no {name!r} split in the data',
+                                 'add it to config.data.splits'))
+  train, validation = data['train'], data['validation']
+  mesh = step_lib.make_mesh(config.num_devices or None)
+  dtype = step_lib.compute_dtype(config.compute_dtype)
+  total_steps = _total_steps(config, train.steps_per_epoch)
+  eval_every = int(config.eval_every_steps) or train.steps_per_epoch
+  optimizer, schedule = state_lib.make_optimizer(config.optimizer, total_steps)
+  run_config = json.loads(json.dumps(dict(run_config or config.to_dict()), default=str))
+
+  # Params from one example batch read straight from the source: the iterator stays untouched.
+  example = train.source.gather(train.source.anchors[:max(1, jax.local_device_count())])
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = task.init_params(init_rng, example)
+  state = state_lib.TrainState.create(params, optimizer, train_rng)
+  state = step_lib.replicate(state, mesh)
+  num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
+
+  checkpoints = checkpoint_lib.Checkpoints(
+      workdir / 'checkpoints', keep=config.keep_checkpoints, keep_best=1,
+      metric=config.validation_metric, mode=config.validation_mode)
+  iterator = train.iterator(num_workers=config.num_workers)
+  record = {'step': 0, 'best_step': None, 'best_metrics': None, 'evaluations_without_improvement': 0,
+            'stopped_early': False, 'train_seconds': 0.0, 'config': run_config,
+            **dict(extra_record or {})}
+  resume_step = checkpoints.latest_step()
+  if resume_step is not None:
+    saved = checkpoints.read_record(resume_step)
+    differences = _config_differences(saved.get('config', {}), run_config)
+    if differences:
+      raise ConfigError(describe(
+          str(workdir), f'holds a run with another config ({"; ".join(differences[:6])})',
+          'pass a new --workdir, or delete the old one to start again'))
+    state, record = checkpoints.restore(resume_step, state, iterator)
+    record['config'] = run_config
+    logging.info('Resumed from %s at step %d', workdir / 'checkpoints', resume_step)
+  writer = writers.MetricWriter(workdir, resume_step=resume_step)
+  train_step = step_lib.make_train_step(task.loss_fn, optimizer, schedule, mesh, dtype=dtype,
+                                        accumulation_steps=config.accumulation_steps)
+  eval_step = step_lib.make_eval_step(task.loss_fn, mesh, dtype=dtype)
+
+  step = int(record['step'])
+  progress = Progress(total=total_steps - step, description=f'train (from step {step})',
+                      unit='steps', interval_seconds=config.progress_interval_seconds)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  interval_start, interval_steps = time.perf_counter(), 0
+  run_start = time.perf_counter() - float(record['train_seconds'])
+  last_train: dict[str, float] = {}
+
+  def flush_train_metrics() -> None:
+    nonlocal pending, interval_start, interval_steps, last_train
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (at, _), metrics in zip(pending, fetched):
+      step_lib.check_finite(metrics, at)
+    elapsed = max(time.perf_counter() - interval_start, 1e-9)
+    means = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
+    means.pop('finite', None)
+    means['learning_rate'] = float(fetched[-1]['learning_rate'])
+    means['steps_per_second'] = interval_steps / elapsed
+    means['samples_per_second'] = interval_steps * config.batch_size / elapsed
+    means['epoch'] = pending[-1][0] / train.steps_per_epoch
+    writer.write(pending[-1][0], 'train', means)
+    last_train = means
+    progress.update(0, loss=f'{means["loss"]:.5g}', samples_per_s=f'{means["samples_per_second"]:.0f}')
+    pending, interval_start, interval_steps = [], time.perf_counter(), 0
+
+  try:
+    while step < total_steps and not record['stopped_early']:
+      batch = next(iterator)
+      state, metrics = train_step(state, step_lib.shard_batch(batch, mesh))
+      step += 1
+      interval_steps += 1
+      pending.append((step, metrics))
+      progress.update(1)
+      if step % config.log_every_steps == 0:
+        flush_train_metrics()
+      if step % eval_every == 0 or step == total_steps:
+        flush_train_metrics()
+        evaluated = evaluate(eval_step, state.params, validation, mesh, config.max_eval_batches)
+        writer.write(step, 'validation', evaluated)
+        value = evaluated[config.validation_metric]
+        if _improved(value, (record['best_metrics'] or {}).get(config.validation_metric),
+                     config.validation_mode, config.min_delta):
+          record['best_step'], record['best_metrics'] = step, evaluated
+          record['evaluations_without_improvement'] = 0
+        else:
+          record['evaluations_without_improvement'] += 1
+        if config.patience and record['evaluations_without_improvement'] >= config.patience:
+          record['stopped_early'] = True
+          logging.info('Early stop at step %d: %s did not improve for %d evaluations', step,
+                       config.validation_metric, config.patience)
+        record['step'] = step
+        record['train_seconds'] = time.perf_counter() - run_start
+        checkpoints.save(step, state, iterator, writers.json_ready(record), metrics=evaluated)
+        logging.info('step %d: validation %s', step,
+                     ', '.join(f'{k}={v:.6g}' for k, v in evaluated.items()))
+        interval_start, interval_steps = time.perf_counter(), 0
+      for hook in hooks:
+        hook(step, state)
+    flush_train_metrics()
+  finally:
+    progress.close()
+    writer.close()
+
+  best_step = record['best_step'] if record['best_step'] is not None else step
+  if best_step != step:
+    best_state, _ = checkpoints.restore(best_step, state)
+  else:
+    best_state = state
+  checkpoints.close()
+  train_seconds = float(record['train_seconds'])
+  summary = {
+      'steps': step, 'total_steps': total_steps, 'epochs': step / train.steps_per_epoch,
+      'steps_per_epoch': train.steps_per_epoch, 'batch_size': config.batch_size,
+      'num_devices': mesh.size, 'num_processes': jax.process_count(),
+      'compute_dtype': config.compute_dtype, 'num_params': num_params,
+      'stopped_early': bool(record['stopped_early']), 'best_step': best_step,
+      'best_validation': record['best_metrics'], 'last_train': last_train,
+      'train_seconds': train_seconds,
+      'samples_per_second': step * config.batch_size / train_seconds if train_seconds else None,
+      'windows': {name: split.num_windows for name, split in data.items()},
+  }
+  return TrainResult(params=best_state.params, best_step=best_step,
+                     best_metrics=dict(record['best_metrics'] or {}), summary=summary,
+                     state=state)
+
+
+def restore_params(workdir: str | pathlib.Path, like: Any, step: int | None = None
+                   ) -> tuple[Any, dict[str, Any]]:
+  """The params of ``workdir``'s best checkpoint (or ``step``), shaped like the pytree ``like``,
+  and that checkpoint's JSON record."""
+  checkpoints = checkpoint_lib.Checkpoints(pathlib.Path(workdir) / 'checkpoints', read_only=True)
+  try:
+    latest = checkpoints.read_record()
+    step = latest['best_step'] if step is None and latest.get('best_step') is not None else (
+        step if step is not None else checkpoints.latest_step())
+    if step not in checkpoints.all_steps():
+      raise checkpoint_lib.CheckpointError(describe(
+          str(workdir), f'no checkpoint at step {step} (have {checkpoints.all_steps()})'))
+    state, record = checkpoints.restore(step, like)
+  finally:
+    checkpoints.close()
+  return state, record

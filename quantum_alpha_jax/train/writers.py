@@ -1,0 +1,94 @@
+"""Run logs: TensorBoard event files (tensorboardX, no TensorFlow), ``metrics.jsonl`` and
+``results.json`` in the workdir.
+
+On resume from step s the writers drop whatever the killed run logged after s (TensorBoard's
+``purge_step``, and a rewrite of ``metrics.jsonl``), so curves never show the same step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from quantum_alpha_jax.data.store import atomic_write
+from quantum_alpha_jax.data.store import atomic_write_json
+
+
+def json_ready(value: Any) -> Any:
+  """Converts numpy/jax scalars and arrays to Python; NaN and inf become ``None`` (valid JSON)."""
+  if isinstance(value, Mapping):
+    return {str(k): json_ready(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_ready(v) for v in value]
+  if hasattr(value, 'tolist') and not isinstance(value, (str, bytes)):
+    return json_ready(np.asarray(value).tolist())
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, (np.floating,)):
+    return json_ready(float(value))
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  return value
+
+
+class MetricWriter:
+  """``write(step, split, metrics)`` to TensorBoard (tag ``split/name``) and ``metrics.jsonl``."""
+
+  def __init__(self, workdir: str | pathlib.Path, resume_step: int | None = None,
+               tensorboard: bool = True):
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.jsonl = self.workdir / 'metrics.jsonl'
+    if resume_step is not None and self.jsonl.exists():
+      kept = []
+      for line in self.jsonl.read_text().splitlines():
+        try:
+          if json.loads(line).get('step', 0) <= resume_step:
+            kept.append(line)
+        except json.JSONDecodeError:
+          continue  # a line cut short by the kill
+      text = ''.join(line + '\n' for line in kept)
+      atomic_write(self.jsonl, lambda path: pathlib.Path(path).write_text(text, encoding='utf-8'))
+    elif resume_step is None and self.jsonl.exists():
+      self.jsonl.unlink()
+    self.tensorboard = None
+    if tensorboard:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self.tensorboard = tensorboardX.SummaryWriter(
+          str(self.workdir / 'tensorboard'),
+          purge_step=None if resume_step is None else resume_step + 1, flush_secs=30)
+    self._file = open(self.jsonl, 'a', encoding='utf-8')
+
+  def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
+    scalars = {name: float(value) for name, value in metrics.items()
+               if np.ndim(value) == 0 and isinstance(float(value), float)}
+    record = {'step': int(step), 'split': split, 'time': round(time.time(), 3)}
+    record.update(json_ready(scalars))
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+    if self.tensorboard is not None:
+      for name, value in scalars.items():
+        if math.isfinite(value):
+          self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
+
+  def flush(self) -> None:
+    self._file.flush()
+    if self.tensorboard is not None:
+      self.tensorboard.flush()
+
+  def close(self) -> None:
+    self._file.close()
+    if self.tensorboard is not None:
+      self.tensorboard.close()
+
+
+def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
+  """Writes ``results.json`` atomically (NaN → null) and returns its path."""
+  path = pathlib.Path(workdir) / 'results.json'
+  atomic_write_json(path, json_ready(results))
+  return path
