@@ -1,0 +1,39 @@
+"""A linear forecaster of the window's future returns: the smallest real task for trainer tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+class LinearTask:
+  """Predicts ``future_returns [batch, decoder]`` from the last encoder row ``[batch, 44]``."""
+
+  def init_params(self, rng, batch):
+    features, horizons = batch['encoder'].shape[-1], batch['future_returns'].shape[-1]
+    return {'w': 0.01 * jax.random.normal(rng, (features, horizons)), 'b': jnp.zeros(horizons)}
+
+  def loss_fn(self, params, batch, rng):
+    del rng
+    prediction = batch['encoder'][:, -1] @ params['w'] + params['b']
+    error = jnp.mean(jnp.square(prediction - batch['future_returns']).astype(jnp.float32), -1)
+    mask = batch['mask'].astype(jnp.float32)
+    loss = jnp.sum(error * 1e4 * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return loss, {'mse': loss, 'mean_prediction': jnp.sum(
+        jnp.mean(prediction, -1).astype(jnp.float32) * mask) / jnp.maximum(jnp.sum(mask), 1.0)}
+
+
+class RegressionTask:
+  """``y = x @ w`` on plain arrays ``x [batch, features]``, ``y [batch]``; dropout-free MLP-less."""
+
+  def init_params(self, rng, batch):
+    return {'w': jnp.zeros(batch['x'].shape[-1]), 'b': jnp.zeros(())}
+
+  def loss_fn(self, params, batch, rng):
+    del rng
+    prediction = batch['x'] @ params['w'] + params['b']
+    error = jnp.square(prediction - batch['y']).astype(jnp.float32)
+    mask = batch['mask'].astype(jnp.float32)
+    loss = jnp.sum(error * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return loss, {'mae': jnp.sum(jnp.abs(prediction - batch['y']).astype(jnp.float32) * mask)
+                         / jnp.maximum(jnp.sum(mask), 1.0)}
