@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from typing import Callable
 
 from absl import app
+from absl import logging as absl_logging
 
 from quantum_alpha_jax.errors import QuantumAlphaError
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter from Orbax and Grain (dozens of lines per checkpoint); warnings pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    path = record.pathname.replace('\\', '/')
+    return not any(part in path for part in ('/orbax/', '/grain/', '/etils/'))
+
+
+def quiet_libraries() -> None:
+  """Installs :class:`_QuietLibraries` on absl's handler (idempotent)."""
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """``app.run(main)``; a bad ``--config.x`` override or a ``QuantumAlphaError`` exits with code 2."""
+  quiet_libraries()
   try:
     app.run(main)
   except QuantumAlphaError as error:
@@ -41,3 +61,9 @@ def _clean(error: BaseException) -> str:
   text = str(error).strip('"\'')
   text = text.encode().decode('unicode_escape') if '\\n' in text else text
   return re.sub(r'\s+', ' ', text.replace("'\\'", "'")).strip()
+
+
+def default_workdir(name: str) -> str:
+  """``checkpoints/<name>`` under the repository (where a run goes without ``--workdir``)."""
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  return str(Path(__file__).resolve().parents[1] / 'checkpoints' / name)

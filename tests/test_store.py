@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 import pytest
 
 from quantum_alpha_jax.data import schema, store
@@ -159,3 +161,13 @@ def test_store_caught_between_two_builds_is_refused(tmp_path, frames, monkeypatc
                      r'lists build .*interrupted'):
     store.read_store(tmp_path, ['BTCUSDT'])
   store.read_store(tmp_path, ['ETHUSDT'])  # untouched symbol files still read
+
+
+def test_a_store_of_an_older_schema_is_refused_then_rebuilt_in_place(tmp_path, frames):
+  store.write_store(tmp_path, frames)
+  manifest = json.loads((tmp_path / 'store.json').read_text())
+  (tmp_path / 'store.json').write_text(json.dumps(dict(manifest, schema_version=1)))
+  with pytest.raises(SchemaError, match='store schema version 1'):
+    store.read_store(tmp_path)
+  store.write_store(tmp_path, {'BTCUSDT': frames['BTCUSDT']})
+  assert list(store.read_store(tmp_path)) == ['BTCUSDT']  # the old ETH files are not listed

@@ -169,7 +169,11 @@ def _fsync(path: Path) -> None:
 def _update_manifest(root: Path, symbols: Iterable[str], builds: Mapping[str, str]) -> None:
   """Replaces the rewritten symbols' entries in ``store.json`` and removes their stale files."""
   symbols = set(symbols)
-  manifest = read_manifest(root, missing_ok=True)
+  try:
+    manifest = read_manifest(root, missing_ok=True)
+  except DataError:
+    # An older schema or a corrupt manifest: this build starts a new one, listing only its files.
+    manifest = {}
   files = {stem: build for stem, build in manifest.get('files', {}).items()
            if stem.rsplit('_', 2)[0] not in symbols}
   files.update(builds)

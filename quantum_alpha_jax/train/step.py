@@ -40,7 +40,9 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   count = len(devices) if num_devices is None else int(num_devices)
   if not 1 <= count <= len(devices):
     raise ConfigError(describe('num_devices', f'{count} requested, {len(devices)} available'))
-  return jax.make_mesh((count,), (DATA_AXIS,), devices=devices[:count])
+  # Auto axes: XLA propagates shardings through the model (no sharding-in-types annotations).
+  return jax.make_mesh((count,), (DATA_AXIS,), devices=devices[:count],
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def compute_dtype(name: str) -> jnp.dtype:

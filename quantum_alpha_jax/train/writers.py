@@ -89,6 +89,11 @@ class MetricWriter:
 
 def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
   """Writes ``results.json`` atomically (NaN → null) and returns its path."""
-  path = pathlib.Path(workdir) / 'results.json'
-  atomic_write_json(path, json_ready(results))
+  return write_json(pathlib.Path(workdir) / 'results.json', results)
+
+
+def write_json(path: str | pathlib.Path, payload: Mapping[str, Any]) -> pathlib.Path:
+  """Writes a JSON file atomically (NaN → null)."""
+  path = pathlib.Path(path)
+  atomic_write_json(path, json_ready(payload))
   return path

@@ -1,0 +1,1 @@
+"""Tasks: what each model learns (inputs from a batch, loss, metrics), for the shared trainer."""

@@ -1,0 +1,335 @@
+"""The Oracle task: the TFT forecasts the cumulative log-return of the next ``decoder_length`` bars.
+
+Target. For a window whose last encoder bar is ``t`` (the anchor), horizon ``h`` (1-based) is
+``y_h = log(close[t + h] / close[t])``, the cumulative sum of the future bar log-returns, scaled by
+``target_scale`` (100: percent) for training. ``y_h > 0`` means the price is up after ``h`` bars.
+
+Loss. The pinball (quantile) loss, averaged over quantiles, horizons and the batch's real items.
+
+P(up). The predicted quantiles are first sorted per horizon (monotone rearrangement, so crossing
+quantiles cannot give a decreasing CDF). The CDF ``F`` is the piecewise-linear interpolation through
+the points ``(value_i, τ_i)``, extended beyond the outermost quantiles with the slope of the nearest
+segment and clipped to [0, 1]. Then ``P(up) = 1 - F(0)``. With quantiles 0.1/0.5/0.9 and the median
+above zero, ``P(up) = 0.5 + 0.4 · q50 / (q50 - q10)`` while zero lies inside [q10, q50].
+
+Uncertainty. The width of the outermost interval, ``q_max - q_min`` (in log-return units).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from quantum_alpha_jax.data.features import FEATURES
+from quantum_alpha_jax.data.features import KNOWN_FUTURE_FEATURES
+from quantum_alpha_jax.data.schema import KNOWN_SYMBOLS
+from quantum_alpha_jax.data.windows import SplitData
+from quantum_alpha_jax.data.windows import WindowSpec
+from quantum_alpha_jax.errors import ConfigError, describe
+from quantum_alpha_jax.evaluate import forecast
+from quantum_alpha_jax.evaluate import plots
+from quantum_alpha_jax.models.tft import TemporalFusionTransformer
+from quantum_alpha_jax.progress import Progress
+
+
+def window_spec(config: ml_collections.ConfigDict) -> WindowSpec:
+  return WindowSpec(config.model.encoder_length, config.model.decoder_length)
+
+
+def cumulative_targets(future_returns: jax.Array) -> jax.Array:
+  """``[batch, horizon]`` bar log-returns → ``log(close[t + h] / close[t])`` for h = 1..horizon."""
+  return jnp.cumsum(future_returns, axis=-1)
+
+
+def pinball(targets: jax.Array, predictions: jax.Array, quantiles: jax.Array) -> jax.Array:
+  """Pinball loss ``max(τ (y - q), (τ - 1)(y - q))``; targets ``[..., H]``, predictions ``[..., H, Q]``
+  → ``[..., H, Q]``."""
+  error = targets[..., None] - predictions
+  return jnp.maximum(quantiles * error, (quantiles - 1.0) * error)
+
+
+def probability_up(quantile_values: jax.Array, quantiles: jax.Array) -> jax.Array:
+  """``P(y > 0)`` from predicted quantiles ``[..., Q]`` at levels ``quantiles [Q]`` (see module doc)."""
+  values = jnp.sort(quantile_values, axis=-1)
+  levels = jnp.asarray(quantiles, values.dtype)
+  # Segment k joins (values[k], levels[k]) and (values[k+1], levels[k+1]); pick the one around 0,
+  # or the outermost one when 0 lies outside every quantile (linear extrapolation).
+  count = values.shape[-1]
+  index = jnp.clip(jnp.sum(values < 0, axis=-1) - 1, 0, count - 2)
+  low = jnp.take_along_axis(values, index[..., None], -1)[..., 0]
+  high = jnp.take_along_axis(values, index[..., None] + 1, -1)[..., 0]
+  level_low, level_high = levels[index], levels[index + 1]
+  span = jnp.maximum(high - low, 1e-12)
+  cdf_at_zero = level_low + (level_high - level_low) * (0.0 - low) / span
+  return 1.0 - jnp.clip(cdf_at_zero, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleTask:
+  """The TFT on Oracle windows: ``loss_fn`` for the shared trainer, ``predict`` for evaluation."""
+
+  model: TemporalFusionTransformer
+  target_scale: float = 100.0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> OracleTask:
+    quantiles = tuple(float(q) for q in config.model.quantiles)
+    if (sorted(quantiles) != list(quantiles) or not all(0 < q < 1 for q in quantiles)
+        or 0.5 not in quantiles or len(quantiles) < 2):
+      raise ConfigError(describe(
+          'config.model.quantiles', f'{quantiles} must be increasing, inside (0, 1), and include '
+          '0.5', 'e.g. --config.model.quantiles="(0.1, 0.5, 0.9)"'))
+    if config.model.hidden_size % config.model.num_heads:
+      raise ConfigError(describe(
+          'config.model', f'hidden_size {config.model.hidden_size} is not a multiple of num_heads '
+          f'{config.model.num_heads}'))
+    model = TemporalFusionTransformer(
+        num_symbols=len(KNOWN_SYMBOLS), num_observed=len(FEATURES),
+        num_known=len(KNOWN_FUTURE_FEATURES), encoder_length=config.model.encoder_length,
+        decoder_length=config.model.decoder_length, hidden_size=config.model.hidden_size,
+        num_heads=config.model.num_heads,
+        hidden_continuous_size=config.model.hidden_continuous_size,
+        lstm_layers=config.model.lstm_layers, dropout_rate=config.model.dropout_rate,
+        quantiles=quantiles)
+    return cls(model=model, target_scale=float(config.target_scale))
+
+  @property
+  def quantiles(self) -> np.ndarray:
+    return np.asarray(self.model.quantiles, np.float32)
+
+  def init_params(self, rng: jax.Array, batch: Mapping[str, np.ndarray]) -> Any:
+    variables = self.model.init(rng, jnp.asarray(batch['encoder']),
+                                jnp.asarray(batch['decoder_known']), jnp.asarray(batch['symbol']))
+    return variables['params']
+
+  def apply(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None = None
+            ) -> dict[str, jax.Array]:
+    """The TFT's outputs for a batch; dropout on when ``rng`` is given."""
+    return self.model.apply(
+        {'params': params}, batch['encoder'], batch['decoder_known'], batch['symbol'],
+        deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
+
+  def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    outputs = self.apply(params, batch, rng)
+    predictions = outputs['quantiles'].astype(jnp.float32)
+    targets = cumulative_targets(batch['future_returns'].astype(jnp.float32)) * self.target_scale
+    quantiles = jnp.asarray(self.quantiles)
+    losses = pinball(targets, predictions, quantiles)  # [batch, horizon, quantile]
+    mask = batch['mask'].astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    masked_mean = lambda per_item: jnp.sum(per_item * mask) / count
+    median = predictions[..., list(self.model.quantiles).index(0.5)]
+    lowest, highest = predictions[..., 0], predictions[..., -1]
+    metrics = {
+        'mse': masked_mean(jnp.mean(jnp.square(median - targets), -1)),
+        'direction_accuracy': masked_mean(jnp.mean(
+            (jnp.sign(median) == jnp.sign(targets)).astype(jnp.float32), -1)),
+        'coverage': masked_mean(jnp.mean(
+            ((targets >= lowest) & (targets <= highest)).astype(jnp.float32), -1)),
+    }
+    for index, level in enumerate(self.model.quantiles):
+      metrics[f'pinball_q{round(level * 100)}'] = masked_mean(jnp.mean(losses[..., index], -1))
+    return masked_mean(jnp.mean(losses, axis=(-2, -1))), metrics
+
+  def predict(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Deterministic forecasts in log-return units: ``quantiles [batch, H, Q]``, ``p_up [batch, H]``,
+    ``uncertainty [batch, H]``, plus the attention and variable-selection weights."""
+    outputs = self.apply(params, batch)
+    values = jnp.sort(outputs['quantiles'], axis=-1) / self.target_scale
+    return {**outputs, 'quantiles': values,
+            'p_up': probability_up(values, jnp.asarray(self.quantiles)),
+            'uncertainty': values[..., -1] - values[..., 0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation on a split, beside the naive baselines, and the pictures.
+
+
+def training_baselines(train: SplitData, quantiles: np.ndarray, max_windows: int = 200_000,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+  """Statistics of the training split's targets: the mean ``[H]`` and empirical quantiles ``[H, Q]``,
+  used as the 'train mean' and 'climatology' forecasts (no validation or test data involved)."""
+  anchors = train.source.anchors
+  if len(anchors) > max_windows:
+    anchors = np.sort(np.random.default_rng(seed).choice(anchors, max_windows, replace=False))
+  offsets = train.source.spec.offsets[train.source.spec.encoder_length:]
+  targets = np.cumsum(np.take(train.source.arrays.log_return, anchors[:, None] + offsets), -1)
+  return {'mean': targets.mean(0), 'quantiles': np.quantile(targets, quantiles, axis=0).T}
+
+
+def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, directory: Any,
+             *, max_windows: int = 0, fan_windows: int = 4, progress: bool = True
+             ) -> dict[str, Any]:
+  """Forecasts every window of ``split``; returns metrics beside the baselines (JSON-ready) and
+  writes the fan chart, variable importance, attention and direction-accuracy PNGs."""
+  from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  predict = jax.jit(task.predict)
+  quantile_levels = task.quantiles
+  collected = {name: [] for name in ('quantiles', 'p_up', 'targets', 'mask', 'anchor', 'symbol',
+                                     'last_return')}
+  attention_sum, encoder_weight_sum, decoder_weight_sum, count = 0.0, 0.0, 0.0, 0.0
+  batches = split.steps_per_epoch
+  if max_windows > 0:
+    batches = min(batches, -(-max_windows // split.dataset[0]['mask'].shape[0]))
+  bar = Progress(batches, f'evaluate {split.split.name}', unit='batches') if progress else None
+  for _, batch in zip(range(batches), split.iterator()):
+    outputs = jax.device_get(predict(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+    mask = batch['mask']
+    collected['quantiles'].append(outputs['quantiles'])
+    collected['p_up'].append(outputs['p_up'])
+    collected['targets'].append(np.cumsum(batch['future_returns'], -1))
+    collected['mask'].append(mask)
+    collected['anchor'].append(batch['anchor'])
+    collected['symbol'].append(batch['symbol'])
+    collected['last_return'].append(batch['encoder_returns'][:, -1])
+    weights = mask[:, None, None]
+    attention_sum = attention_sum + (outputs['attention'] * weights).sum(0)
+    encoder_weight_sum = encoder_weight_sum + (outputs['encoder_variable_weights'] * weights).sum((0, 1))
+    decoder_weight_sum = decoder_weight_sum + (outputs['decoder_variable_weights'] * weights).sum((0, 1))
+    count += mask.sum()
+    if bar:
+      bar.update(1)
+  if bar:
+    bar.close()
+  data = {name: np.concatenate(values) for name, values in collected.items()}
+  keep = data['mask'] > 0
+  data = {name: values[keep] for name, values in data.items()}
+  targets, quantiles = data['targets'].astype(np.float64), data['quantiles'].astype(np.float64)
+  horizon = targets.shape[1]
+  steps = np.arange(1, horizon + 1)
+
+  statistics = training_baselines(train, quantile_levels)
+  point_baselines = {
+      'zero_return': np.zeros_like(targets),
+      'last_return_persistence': data['last_return'][:, None] * steps[None, :],
+      'train_mean': np.broadcast_to(statistics['mean'], targets.shape),
+  }
+  report = forecast.forecast_report(targets, quantiles, quantile_levels, baselines=point_baselines)
+  # Quantile loss of each baseline's forecast used as every quantile (a point forecast).
+  for name, baseline in point_baselines.items():
+    report['baselines'][name]['pinball_loss'] = forecast.pinball_loss(
+        targets, np.repeat(np.asarray(baseline)[..., None], len(quantile_levels), -1),
+        quantile_levels)
+  climatology = np.broadcast_to(statistics['quantiles'], quantiles.shape)
+  report['baselines']['climatology'] = {
+      'description': 'per-horizon quantiles of the training split targets, for every window',
+      'pinball_loss': forecast.pinball_loss(targets, climatology, quantile_levels),
+      'coverage': forecast.coverage(targets, climatology[..., 0], climatology[..., -1])}
+  report['pinball_loss_vs_zero_return'] = (
+      report['pinball_loss'] / report['baselines']['zero_return']['pinball_loss'])
+  # P(up) as a probabilistic classifier of the sign, per horizon: Brier score and ROC AUC.
+  report['probability_up'] = {}
+  for h in sorted({1, horizon // 2, horizon}):
+    up = (targets[:, h - 1] > 0).astype(np.float64)
+    p = data['p_up'][:, h - 1].astype(np.float64)
+    entry = {'brier': float(np.mean(np.square(p - up))),
+             'brier_constant_train_rate': float(np.mean(np.square(up.mean() - up))),
+             'mean_p_up': float(p.mean()), 'realised_up_rate': float(up.mean())}
+    entry['roc_auc'] = (float(sklearn_metrics.roc_auc_score(up, p))
+                        if 0 < up.sum() < len(up) else None)
+    report['probability_up'][f'horizon_{h}'] = entry
+
+  # Pictures.
+  arrays = split.source.arrays
+  spec = split.source.spec
+  pngs = {}
+  chosen = np.linspace(0, len(targets) - 1, num=min(fan_windows, len(targets))).astype(int)
+  anchors = data['anchor'][chosen]
+  past = np.take(arrays.close, anchors[:, None] + spec.offsets[:spec.encoder_length])
+  future = np.take(arrays.close, anchors[:, None] + spec.offsets[spec.encoder_length:])
+  last_close = past[:, -1][:, None, None]
+  pngs['forecast_fans'] = str(plots.plot_forecast_fans(
+      past, future, last_close * np.exp(quantiles[chosen]), quantile_levels,
+      plots.window_titles([arrays.symbols[s] for s in data['symbol'][chosen]],
+                          np.take(arrays.timestamp, anchors)),
+      directory / 'forecast_fans.png'))
+  encoder_importance = encoder_weight_sum / max(count * spec.encoder_length, 1)
+  decoder_importance = decoder_weight_sum / max(count * horizon, 1)
+  pngs['variable_importance'] = str(plots.plot_variable_importance(
+      list(FEATURES), encoder_importance, directory / 'variable_importance.png',
+      'Encoder variable selection (mean weight over test windows)'))
+  attention = attention_sum / max(count, 1)
+  pngs['attention'] = str(plots.plot_attention(attention, spec.encoder_length,
+                                               directory / 'attention.png'))
+  pngs['direction_accuracy'] = str(plots.plot_direction_accuracy(
+      report['direction_accuracy_per_horizon'],
+      {name: [p['accuracy'] for p in report['baselines'][name]['direction_accuracy_per_horizon']]
+       for name in ('last_return_persistence', 'train_mean')},
+      directory / 'direction_accuracy.png'))
+  report['variable_importance'] = {
+      'encoder': dict(sorted(zip(FEATURES, map(float, encoder_importance)),
+                             key=lambda item: -item[1])),
+      'decoder': dict(zip(KNOWN_FUTURE_FEATURES, map(float, decoder_importance)))}
+  report['attention_mean_by_key_position'] = attention.mean(0).tolist()
+  report['plots'] = pngs
+  report['windows'] = int(len(targets))
+  report['target'] = 'cumulative log-return log(close[t+h]/close[t]), h = 1..horizon'
+  return report
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment: data → train → best checkpoint → test evaluation → results.json.
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains the Oracle described by ``config`` in ``workdir`` (resuming if it holds a run),
+  evaluates the best checkpoint on the validation and test splits and writes ``results.json``."""
+  from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.train import writers  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  task = OracleTask.from_config(config)
+  data, normalizer = data_lib.make_split_data(config.data, window_spec(config),
+                                              config.train.batch_size, config.train.seed)
+  writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
+  result = loop.train_and_evaluate(config.train, task, data, workdir, run_config=config.to_dict(),
+                                   extra_record={'normalizer': normalizer.to_dict()})
+  results = {'model': 'oracle', 'workdir': str(workdir), 'train': result.summary,
+             'validation': result.best_metrics}
+  for name in config.evaluation.splits:
+    if name not in data:
+      raise ConfigError(describe('config.evaluation.splits', f'no split {name!r}',
+                                 f'use some of {sorted(data)}'))
+    results[name] = evaluate(task, result.params, data[name], data['train'], workdir / name,
+                             max_windows=config.evaluation.max_windows,
+                             fan_windows=config.evaluation.fan_windows)
+  results['config'] = config.to_dict()
+  results['results_json'] = str(writers.write_results(workdir, results))
+  return results
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+  """A short table for people: the Oracle beside the baselines on each evaluated split."""
+  lines = [f'Oracle run in {results["workdir"]}: {results["train"]["steps"]} steps, best at '
+           f'{results["train"]["best_step"]}, {results["train"]["samples_per_second"] or 0:.0f} '
+           'samples/s']
+  for split in ('validation', 'test'):
+    report = results.get(split)
+    if not isinstance(report, Mapping) or 'baselines' not in report:
+      continue
+    lines.append(f'\n{split} ({report["windows"]} windows)   pinball   q-risk P50  RMSE      R²       '
+                 'direction (95% CI)')
+    rows = [('Oracle', report)] + list(report['baselines'].items())
+    for name, entry in rows:
+      accuracy = entry.get('direction_accuracy') or {}
+      interval = (f'{accuracy["accuracy"]:.4f} ({accuracy["low"]:.4f}–{accuracy["high"]:.4f})'
+                  if accuracy.get('accuracy') is not None else '—')
+      number = lambda key: (f'{entry[key]:.5g}' if entry.get(key) is not None else '—').ljust(9)
+      lines.append(f'  {name:<25} {number("pinball_loss")} {number("q_risk_p50")}  '
+                   f'{number("rmse")} {number("r2")} {interval}')
+    lines.append(f'  interval coverage {report["interval"]["coverage"]:.3f} '
+                 f'(nominal {report["interval"]["nominal_coverage"]:.2f}); plots: '
+                 f'{", ".join(report["plots"].values())}')
+  lines.append(f'results: {results["results_json"]}')
+  return '\n'.join(lines)
