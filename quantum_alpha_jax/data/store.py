@@ -196,10 +196,12 @@ def read_manifest(root: str | Path, missing_ok: bool = False) -> dict:
     manifest = json.loads(path.read_text())
   except json.JSONDecodeError as error:
     raise DataError(describe(str(path), f'corrupt manifest ({error.msg})', REBUILD)) from error
-  if manifest.get('schema_version') != schema.SCHEMA_VERSION or not isinstance(
-      manifest.get('files'), dict):
+  if manifest.get('schema_version') != schema.SCHEMA_VERSION:
     raise SchemaError(describe(str(path), f'store schema version {manifest.get("schema_version")}, '
                                f'code expects {schema.SCHEMA_VERSION}', REBUILD))
+  if not isinstance(manifest.get('files'), dict):
+    raise SchemaError(describe(str(path), 'an older manifest layout (files without build ids)',
+                               REBUILD))
   return manifest
 
 
