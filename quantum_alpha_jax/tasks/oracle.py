@@ -215,6 +215,11 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
       'train_mean': np.broadcast_to(statistics['mean'], targets.shape),
   }
   report = forecast.forecast_report(targets, quantiles, quantile_levels, baselines=point_baselines)
+  # A zero forecast makes no call on the direction: report it as undefined, not as 0% accuracy.
+  zero = report['baselines']['zero_return']
+  zero['direction_accuracy'] = {'accuracy': None, 'low': None, 'high': None, 'count': 0,
+                                'note': 'a zero forecast has no direction'}
+  zero['direction_accuracy_per_horizon'] = [zero['direction_accuracy']] * horizon
   # Quantile loss of each baseline's forecast used as every quantile (a point forecast).
   for name, baseline in point_baselines.items():
     report['baselines'][name]['pinball_loss'] = forecast.pinball_loss(

@@ -1,0 +1,1 @@
+"""Flax models: the Temporal Fusion Transformer and the building blocks in ``layers``."""
