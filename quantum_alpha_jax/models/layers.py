@@ -8,9 +8,10 @@ Precision. Blocks compute in the dtype of their inputs and parameters (the train
 both to bf16), except softmaxes and layer norms, which run in float32 and are cast back. Parameters
 are created in float32.
 
-Vectorised networks. Variable selection applies one small network per input variable. Here the
-per-variable parameters are stacked on a variable axis and applied with a single einsum
-(``stacked=True``), so 44 variables cost one batched matmul per layer rather than 44 small ones.
+Stacked networks. Variable selection applies one small network per input variable. Here the
+per-variable parameters are stacked on a leading network axis and applied with one batched matmul
+(``stacked=True``: inputs ``[networks, ..., feature]``), so 44 variables cost one matmul per layer
+rather than 44 small ones, and no Python loop runs over variables.
 
 Export. The recurrences are written as ``jax.lax.scan`` over time with an explicit carry built
 from the inputs, so that every block converts to ONNX with jax2onnx.
@@ -33,6 +34,11 @@ Initializer = Callable[..., jax.Array]
 
 # Added to the attention scores of masked keys before the softmax (float32).
 _MASK_VALUE = -1e9
+
+
+def _per_network(values: jax.Array, ndim: int) -> jax.Array:
+  """Reshapes per-network values ``[networks, features]`` to broadcast against ``ndim`` axes."""
+  return values.reshape(values.shape[:1] + (1,) * (ndim - 2) + values.shape[1:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -88,11 +94,6 @@ class LayerNorm(nn.Module):
     return _normalize(inputs.astype(jnp.float32), self.epsilon) * scale + bias
 
 
-def _per_network(values: jax.Array, ndim: int) -> jax.Array:
-  """Reshapes per-network values ``[networks, features]`` to broadcast against ``ndim`` axes."""
-  return values.reshape(values.shape[:1] + (1,) * (ndim - 2) + values.shape[1:])
-
-
 class StackedDense(nn.Module):
   """Independent dense layers stacked on axis 0: ``y[n] = x[n] W_n + b_n``.
 
@@ -109,7 +110,7 @@ class StackedDense(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    """Applies network n to ``inputs[n]``: ``[networks, ..., in]`` -> ``[networks, ..., features]``."""
+    """Applies network n to ``inputs[n]``: ``[networks, ..., in]`` -> ``[networks, ..., out]``."""
     networks, in_features = inputs.shape[0], inputs.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (networks, in_features, self.features))
     bias = (self.param('bias', self.bias_init, (networks, self.features)) if self.use_bias
@@ -174,7 +175,7 @@ class GateAddNorm(nn.Module):
   def __call__(self, inputs: jax.Array, skip: jax.Array, *,
                deterministic: bool = True) -> jax.Array:
     """Gates ``inputs [..., in]`` and adds ``skip [..., features]``: returns ``[..., features]``."""
-    gated = GatedLinearUnit(self.features, self.dropout_rate, self.stacked, name='gate')(
+    gated = GatedLinearUnit(self.features, self.dropout_rate, self.stacked, name='glu')(
         inputs, deterministic=deterministic)
     summed = gated.astype(jnp.float32) + skip.astype(jnp.float32)
     return LayerNorm(stacked=self.stacked, name='norm')(summed).astype(gated.dtype)
@@ -264,9 +265,9 @@ class VariableSelectionNetwork(nn.Module):
   @nn.compact
   def __call__(self, inputs: jax.Array, context: jax.Array | None = None, *,
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
-    """Selects among ``inputs [..., variables]``; returns ``([..., hidden], weights [..., variables])``.
+    """Selects among ``inputs [..., variables]``: returns ``([..., hidden], [..., variables])``.
 
-    ``context [..., context_size]`` broadcasts against the leading axes of ``inputs``. The weights
+    The second output is the selection weights. ``context [..., context_size]`` broadcasts against the leading axes of ``inputs``. The weights
     are float32, non-negative and sum to 1 over the variable axis.
     """
     variables, embedding = inputs.shape[-1], self.embedding_size
@@ -293,11 +294,7 @@ class VariableSelectionNetwork(nn.Module):
     hidden = nn.elu(by_variable * _per_network(first_kernel, ndim)
                     + _per_network(first_bias, ndim))
     hidden = StackedDense(variable_hidden, name='variable_hidden')(hidden)
-    import os
-    if 'B' in os.environ.get('VARIANT', ''):
-      residual = (jnp.einsum('nmi,nio->nmo', by_variable.reshape(variables, -1, 1), skip_kernel[:, None, :]).reshape(by_variable.shape[:-1] + (self.hidden_size,)) + _per_network(skip_bias, ndim))
-    else:
-      residual = by_variable * _per_network(skip_kernel, ndim) + _per_network(skip_bias, ndim)
+    residual = by_variable * _per_network(skip_kernel, ndim) + _per_network(skip_bias, ndim)
     transformed = GateAddNorm(self.hidden_size, self.dropout_rate, stacked=True,
                               name='variable_gate_add_norm')(hidden, residual,
                                                              deterministic=deterministic)
@@ -322,10 +319,8 @@ class VariableSelectionNetwork(nn.Module):
     logits = GateAddNorm(variables, self.dropout_rate, name='selection_gate_add_norm')(
         hidden, residual, deterministic=deterministic)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    if 'A' in os.environ.get('VARIANT', ''):
-      return jnp.einsum('...v,v...h->...h', weights.astype(transformed.dtype), transformed), weights
     by_variable_weights = jnp.moveaxis(weights.astype(transformed.dtype), -1, 0)[..., None]
-    return jnp.sum(by_variable_weights * transformed, axis=0), weights
+    return jnp.sum(transformed * by_variable_weights, axis=0), weights
 
 
 def _lstm_bias_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
@@ -425,7 +420,10 @@ class ScanLSTM(nn.Module):
 
 
 def encoder_decoder_causal_mask(encoder_length: int, decoder_length: int) -> np.ndarray:
-  """``[decoder, encoder + decoder]`` bool mask: decoder step i sees all encoder steps and decoder steps <= i."""
+  """Attention mask ``[decoder, encoder + decoder]`` (True = attend).
+
+  Decoder query i sees every encoder step and the decoder steps j <= i.
+  """
   query = np.arange(decoder_length)[:, None]
   key = np.arange(encoder_length + decoder_length)[None, :] - encoder_length
   return key <= query
@@ -453,9 +451,9 @@ class InterpretableMultiHeadAttention(nn.Module):
   def __call__(self, query: jax.Array, key: jax.Array, value: jax.Array,
                mask: jax.Array | np.ndarray | None = None, *,
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
-    """``query [batch, q, feature]``, ``key``/``value [batch, k, feature]``, ``mask [q, k]`` (True = attend).
+    """Attends from ``query [batch, q, feature]`` to ``key``, ``value [batch, k, feature]``.
 
-    Returns ``(outputs [batch, q, feature], weights [batch, q, k])``; weights are head-averaged
+    ``mask [q, k]`` is True where a query may attend. Returns ``(outputs [batch, q, feature], weights [batch, q, k])``; weights are head-averaged
     float32. ``mask`` may also be ``[batch, q, k]``.
     """
     features = query.shape[-1]

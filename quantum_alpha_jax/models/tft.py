@@ -4,7 +4,7 @@ The data flow, for a window of ``encoder_length`` past bars and ``decoder_length
 
 1. Static covariate encoders. The symbol id is the one static input: its embedding passes the
    static variable selection (with a single variable this is its GRN, with weight 1, as in
-   pytorch-forecasting) and four GRNs (stacked, one einsum) give four contexts: ``c_s`` for
+   pytorch-forecasting) and four GRNs (stacked: one batched matmul) give four contexts: ``c_s`` for
    variable selection, ``c_h`` and ``c_c`` for the LSTM initial state, ``c_e`` for enrichment.
 2. Variable selection networks pick among the 44 past-observed inputs (encoder) and the known-future
    inputs (decoder) at every step, conditioned on ``c_s``.
@@ -49,7 +49,6 @@ class TemporalFusionTransformer(nn.Module):
     lstm_layers: LSTM layers in the encoder and in the decoder.
     dropout_rate: dropout in GRNs, GLUs, attention and between LSTM layers.
     quantiles: the forecast quantiles, one output each.
-    lstm_unroll: LSTM steps per scan iteration (speed only).
   """
 
   num_symbols: int = 8
@@ -63,17 +62,19 @@ class TemporalFusionTransformer(nn.Module):
   lstm_layers: int = 2
   dropout_rate: float = 0.1
   quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-  lstm_unroll: int = 1
 
   @nn.compact
   def __call__(self, encoder: jax.Array, decoder_known: jax.Array, symbol: jax.Array, *,
                deterministic: bool = True) -> dict[str, jax.Array]:
-    """Forecasts quantiles from ``encoder [batch, encoder, observed]``, ``decoder_known [batch, decoder, known]``, ``symbol [batch]``.
+    """Forecasts quantiles for one batch of windows.
+
+    Inputs: ``encoder [batch, encoder, observed]`` (float), ``decoder_known [batch, decoder,
+    known]`` (float, cast to the encoder's dtype) and ``symbol [batch]`` (int).
 
     Returns float32 ``quantiles [batch, decoder, Q]``, head-averaged ``attention [batch, decoder,
     encoder + decoder]`` and the selection weights ``encoder_variable_weights [batch, encoder,
-    observed]``, ``decoder_variable_weights [batch, decoder, known]``, ``static_variable_weights
-    [batch, 1]`` (each sums to 1 over its last axis).
+    observed]``, ``decoder_variable_weights [batch, decoder, known]`` and
+    ``static_variable_weights [batch, 1]``, each summing to 1 over its last axis.
     """
     self._check_shapes(encoder, decoder_known, symbol)
     dtype = encoder.dtype
@@ -107,10 +108,10 @@ class TemporalFusionTransformer(nn.Module):
     # 3. LSTM encoder-decoder and the gated skip over it (one GateAddNorm for both halves).
     initial_state = tuple((hidden_context, cell_context) for _ in range(self.lstm_layers))
     encoder_output, encoder_state = layers.ScanLSTM(
-        hidden, self.lstm_layers, self.dropout_rate, self.lstm_unroll, name='lstm_encoder')(
+        hidden, self.lstm_layers, self.dropout_rate, name='lstm_encoder')(
             encoder_selected, initial_state, deterministic=deterministic)
     decoder_output, _ = layers.ScanLSTM(
-        hidden, self.lstm_layers, self.dropout_rate, self.lstm_unroll, name='lstm_decoder')(
+        hidden, self.lstm_layers, self.dropout_rate, name='lstm_decoder')(
             decoder_selected, encoder_state, deterministic=deterministic)
     temporal = layers.GateAddNorm(hidden, self.dropout_rate, name='post_lstm_gate')(
         jnp.concatenate([encoder_output, decoder_output], axis=1),
