@@ -20,11 +20,16 @@ import sys
 import tempfile
 import time
 
+from quantum_alpha_jax.cli import MALLOC_TUNABLES
+
+# name: (compute dtype, XLA_FLAGS, GLIBC_TUNABLES). The experiments run with the malloc tunables
+# set (quantum_alpha_jax.cli re-executes itself with them); "-plain-malloc" shows the difference.
 VARIANTS = {
-    'fp32': ('float32', ''),
-    'bf16': ('bfloat16', ''),
-    'fp32-onednn': ('float32', '--xla_cpu_use_onednn=true'),
-    'bf16-onednn': ('bfloat16', '--xla_cpu_use_onednn=true'),
+    'fp32': ('float32', '', MALLOC_TUNABLES),
+    'bf16': ('bfloat16', '', MALLOC_TUNABLES),
+    'fp32-plain-malloc': ('float32', '', ''),
+    'fp32-onednn': ('float32', '--xla_cpu_use_onednn=true', MALLOC_TUNABLES),
+    'bf16-onednn': ('bfloat16', '--xla_cpu_use_onednn=true', MALLOC_TUNABLES),
 }
 PYTORCH_FORECASTING = {'gflop_per_sample': 0.548, 'end_to_end': 28.0, 'model_step': 45.0}
 
@@ -89,6 +94,7 @@ def measure(dtype: str, steps: int, batch_size: int) -> dict:
     jax.block_until_ready(metrics)
     end_to_end = steps * batch_size / (time.perf_counter() - start)
   return {'compute_dtype': dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
           'compile_seconds': compile_seconds, 'gflop_per_sample': flops_per_sample / 1e9,
           'model_step_samples_per_second': model_step,
           'end_to_end_samples_per_second': end_to_end,
@@ -101,16 +107,19 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--steps', type=int, default=12)
   parser.add_argument('--batch', type=int, default=256)
-  parser.add_argument('--variants', default='fp32,bf16,fp32-onednn')
+  parser.add_argument('--variants', default='fp32,bf16,fp32-plain-malloc,fp32-onednn')
   parser.add_argument('--child', default='')
   args = parser.parse_args()
   if args.child:
-    print(json.dumps(measure(VARIANTS[args.child][0], args.steps, args.batch)))
+    print(json.dumps(measure(VARIANTS[args.child][0], args.steps, args.batch)))  # noqa
     return
   rows = []
   for name in args.variants.split(','):
-    dtype, flags = VARIANTS[name]
+    _, flags, tunables = VARIANTS[name]
     environment = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
+    environment.pop('GLIBC_TUNABLES', None)
+    if tunables:
+      environment['GLIBC_TUNABLES'] = tunables
     completed = subprocess.run(
         [sys.executable, '-m', 'benchmarks.oracle', '--child', name, '--steps', str(args.steps),
          '--batch', str(args.batch)], env=environment, capture_output=True, text=True)

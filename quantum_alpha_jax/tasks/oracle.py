@@ -104,9 +104,11 @@ class OracleTask:
     return np.asarray(self.model.quantiles, np.float32)
 
   def init_params(self, rng: jax.Array, batch: Mapping[str, np.ndarray]) -> Any:
-    variables = self.model.init(rng, jnp.asarray(batch['encoder']),
-                                jnp.asarray(batch['decoder_known']), jnp.asarray(batch['symbol']))
-    return variables['params']
+    # Jitted: one compile (~7 s at the seed size) instead of ~20 s of op-by-op dispatch.
+    init = jax.jit(lambda key, encoder, known, symbol: self.model.init(key, encoder, known,
+                                                                        symbol)['params'])
+    return init(rng, jnp.asarray(batch['encoder']), jnp.asarray(batch['decoder_known']),
+                jnp.asarray(batch['symbol']))
 
   def apply(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None = None
             ) -> dict[str, jax.Array]:
