@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax.backtest import crosscheck
 from quantum_alpha_jax.backtest import engine
 
 TARGET_SECONDS = 1.0
 TARGET_SPEEDUP = 10.0
-FRACTIONAL_UNIT = 1e-8  # backtesting.py trades whole units: trade satoshis at scaled prices
 
 
 def make_market(bars: int, switch: float, seed: int):
@@ -36,44 +35,6 @@ def make_market(bars: int, switch: float, seed: int):
   target = target.to_numpy(copy=True)
   target[0] = 0.0  # backtesting.py first acts at bar 1's close
   return target, open_price, close
-
-
-def run_backtesting_py(target, open_price, close, fee_rate: float):
-  """(seconds, final equity, trades) of backtesting.py ordering this engine's unit sizes."""
-  from backtesting import Strategy  # pylint: disable=g-import-not-at-top
-  from backtesting.lib import FractionalBacktest  # pylint: disable=g-import-not-at-top
-
-  class FollowTargets(Strategy):
-
-    def init(self):
-      self.last_target = 0.0
-
-    def next(self):
-      bar = len(self.data) - 1
-      if bar + 1 >= len(target) or target[bar] == self.last_target:
-        return
-      self.last_target = target[bar]
-      held = self.position.size
-      next_open = open_price[bar + 1] * FRACTIONAL_UNIT
-      equity_at_open = self.equity + held * (next_open - self.data.Close[-1])
-      delta = int(round(target[bar] * equity_at_open / next_open)) - held
-      if delta > 0:
-        self.buy(size=delta)
-      elif delta < 0:
-        self.sell(size=-delta)
-
-  data = pd.DataFrame({'Open': open_price, 'High': np.maximum(open_price, close),
-                       'Low': np.minimum(open_price, close), 'Close': close, 'Volume': 1.0},
-                      index=pd.date_range('2023-01-01', periods=len(close), freq='5min'))
-  backtest = FractionalBacktest(data, FollowTargets, cash=10_000, commission=fee_rate, margin=0.5,
-                                trade_on_close=False, hedging=False, exclusive_orders=False,
-                                fractional_unit=FRACTIONAL_UNIT)
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore')
-    start = time.perf_counter()
-    stats = backtest.run()
-    seconds = time.perf_counter() - start
-  return seconds, stats['Equity Final [$]'], stats['# Trades']
 
 
 def main() -> None:
@@ -111,10 +72,10 @@ def main() -> None:
   except ImportError:
     print('backtesting.py is not installed (pip install backtesting): no comparison')
     return
-  runs = [run_backtesting_py(target, open_price, close, options['fee_rate'])
+  runs = [crosscheck.run_backtesting_py(target, open_price, close, options['fee_rate'])
           for _ in range(args.reference_repeats)]
-  seconds = statistics.median(run[0] for run in runs)
-  _, final_equity, trades = runs[0]
+  seconds = statistics.median(run['seconds'] for run in runs)
+  final_equity, trades = runs[0]['final_equity'], runs[0]['trades']
   print(f'backtesting.py {backtesting.__version__} (median of {len(runs)}): {seconds:.3f} s, '
         'final equity '
         f'{final_equity:,.4f}, {trades:,} closed trades '

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from quantum_alpha_jax import errors
+from quantum_alpha_jax.backtest import crosscheck
 from quantum_alpha_jax.backtest import engine
 from quantum_alpha_jax.backtest import report
 from quantum_alpha_jax.backtest import run_backtest
@@ -250,50 +250,13 @@ def test_invalid_inputs_are_clear_errors():
     run_backtest(target, open_price, close, pd.date_range('2024-01-01', periods=3, freq='5min'))
 
 
-def _backtesting_py_equity(target, open_price, close, fee_rate):
-  """Final equity and closed-trade count of backtesting.py on the same orders (see engine docs)."""
-  backtesting = pytest.importorskip('backtesting')
-  from backtesting import lib  # pylint: disable=g-import-not-at-top
-  unit = 1e-8  # backtesting.py trades whole units: trade satoshis at prices scaled by 1e-8
-
-  class FollowTargets(backtesting.Strategy):
-    """At bar i's close, orders target[i] * (equity at bar i+1's open) / that open, in units."""
-
-    def init(self):
-      self.last_target = 0.0
-
-    def next(self):
-      bar = len(self.data) - 1
-      if bar + 1 >= len(target) or target[bar] == self.last_target:
-        return
-      self.last_target = target[bar]
-      held = self.position.size
-      next_open = open_price[bar + 1] * unit
-      equity_at_open = self.equity + held * (next_open - self.data.Close[-1])
-      delta = int(round(target[bar] * equity_at_open / next_open)) - held
-      if delta > 0:
-        self.buy(size=delta)
-      elif delta < 0:
-        self.sell(size=-delta)
-
-  data = pd.DataFrame({'Open': open_price, 'High': np.maximum(open_price, close),
-                       'Low': np.minimum(open_price, close), 'Close': close, 'Volume': 1.0},
-                      index=pd.date_range('2024-01-01', periods=len(close), freq='5min'))
-  test = lib.FractionalBacktest(data, FollowTargets, cash=10_000, commission=fee_rate, margin=0.5,
-                                trade_on_close=False, hedging=False, exclusive_orders=False,
-                                fractional_unit=unit)
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore')
-    stats = test.run()
-  return stats['Equity Final [$]'], stats['# Trades']
-
-
 @pytest.mark.parametrize('levels', [(-1.0, 0.0, 1.0), (-1.0, -0.3, 0.0, 0.4, 1.0)])
 def test_matches_backtesting_py(levels):
   target, open_price, close = market(3000, seed=7, levels=levels)
   ours = run_backtest(target, open_price, close, fee_rate=0.001, slippage_bps=0.0,
                       allow_short=True)
-  final_equity, trade_count = _backtesting_py_equity(target, open_price, close, 0.001)
+  reference = crosscheck.run_backtesting_py(target, open_price, close, 0.001)
+  final_equity, trade_count = reference['final_equity'], reference['trades']
   # Orders rounded to whole satoshis: ~1e-9 relative.
   assert ours.equity[-1] == pytest.approx(final_equity, rel=1e-7)
   assert abs(ours.equity[-1] / 10_000 - 1) > 1e-3  # the comparison is not trivially flat
