@@ -36,8 +36,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   })
   if arg == 'quick':
     config.model.update(hidden_size=16, num_heads=2, hidden_continuous_size=8, lstm_layers=1)
-    config.train.update(batch_size=64, num_steps=240, eval_every_steps=80, log_every_steps=20,
-                        patience=0)
+    config.train.update(batch_size=64, num_steps=150, eval_every_steps=50, log_every_steps=25,
+                        max_eval_batches=10, patience=0)
     config.train.optimizer.update(learning_rate=3e-3, warmup_steps=20)
   elif arg == 'real':
     # 2019-2022 gives ~0.8 M training windows (3.3 k steps per epoch at batch 256). A CPU does a
