@@ -110,6 +110,7 @@ def test_quick_oracle_beats_zero_return_and_climatology_on_a_drifting_market(dri
   assert report['pinball_loss'] < 0.8 * baselines['zero_return']['pinball_loss']
   assert report['pinball_loss'] < 0.9 * baselines['climatology']['pinball_loss']
   assert report['direction_accuracy']['low'] > 0.55  # the CI clears a coin flip
+  assert report['direction_accuracy_non_overlapping']['oracle']['accuracy'] > 0.55
   assert report['r2'] > 0.1
   for name in ('forecast_fans', 'variable_importance', 'attention', 'direction_accuracy'):
     assert (tmp_path / 'test' / f'{name}.png').stat().st_size > 10_000

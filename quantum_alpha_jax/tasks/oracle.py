@@ -234,6 +234,21 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
       'coverage': forecast.coverage(targets, climatology[..., 0], climatology[..., -1])}
   report['pinball_loss_vs_zero_return'] = (
       report['pinball_loss'] / report['baselines']['zero_return']['pinball_loss'])
+  # The Wilson intervals above treat every (window, horizon) as independent, but windows start on
+  # every bar and overlap by horizon - 1 bars, so they are far too narrow. Honest figure: the last
+  # horizon on windows that do not overlap (every horizon-th window, per symbol in time order).
+  median_index = list(task.model.quantiles).index(0.5)
+  independent = np.concatenate([np.flatnonzero(data['symbol'] == s)[::horizon]
+                                for s in np.unique(data['symbol'])])
+  report['direction_accuracy_non_overlapping'] = {
+      'horizon': horizon, 'windows': int(len(independent)),
+      'note': 'last horizon, windows spaced horizon bars apart: independent outcomes, so the '
+              'Wilson interval is honest (the overlapping figures above are not)',
+      'oracle': forecast.direction_accuracy(targets[independent, -1:],
+                                            quantiles[independent, -1:, median_index]),
+      **{name: forecast.direction_accuracy(targets[independent, -1:],
+                                           np.asarray(point_baselines[name])[independent, -1:])
+         for name in ('last_return_persistence', 'train_mean')}}
   # P(up) as a probabilistic classifier of the sign, per horizon: Brier score and ROC AUC.
   report['probability_up'] = {}
   for h in sorted({1, horizon // 2, horizon}):
@@ -335,6 +350,12 @@ def format_results(results: Mapping[str, Any]) -> str:
       number = lambda key: (f'{entry[key]:.5g}' if entry.get(key) is not None else '—').ljust(9)
       lines.append(f'  {name:<25} {number("pinball_loss")} {number("q_risk_p50")}  '
                    f'{number("rmse")} {number("r2")} {interval}')
+    honest = report['direction_accuracy_non_overlapping']['oracle']
+    if honest.get('accuracy') is not None:
+      lines.append(f'  direction at horizon {report["horizon"]} on '
+                   f'{report["direction_accuracy_non_overlapping"]["windows"]} non-overlapping '
+                   f'windows: {honest["accuracy"]:.4f} ({honest["low"]:.4f}–{honest["high"]:.4f}); '
+                   'the intervals above assume independent overlapping windows and are too narrow')
     lines.append(f'  interval coverage {report["interval"]["coverage"]:.3f} '
                  f'(nominal {report["interval"]["nominal_coverage"]:.2f}); plots: '
                  f'{", ".join(report["plots"].values())}')
