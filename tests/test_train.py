@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from quantum_alpha_jax.errors import ConfigError
-from quantum_alpha_jax.train import loop
 from quantum_alpha_jax.train import state as state_lib
 from quantum_alpha_jax.train import step as step_lib
 from tests.linear_task import RegressionTask

@@ -17,6 +17,7 @@ import pandas as pd
 
 from quantum_alpha_jax.backtest.engine import BacktestResult
 from quantum_alpha_jax.evaluate import trading
+from quantum_alpha_jax.train.writers import json_ready
 
 MAX_POINTS = 20_000  # longer series are subsampled evenly for drawing
 
@@ -40,23 +41,6 @@ STATS_ROWS = (
     ('turnover_per_year', 'turnover per year', '{:,.1f}'),
     ('fees_paid', 'fees paid', '{:,.2f}'),
 )
-
-
-def json_ready(value):
-  """A copy of nested dicts/lists/numpy values with NaN and inf replaced by None."""
-  if isinstance(value, Mapping):
-    return {str(key): json_ready(item) for key, item in value.items()}
-  if isinstance(value, (list, tuple, np.ndarray)):
-    return [json_ready(item) for item in value]
-  if isinstance(value, (np.bool_, bool)):
-    return bool(value)
-  if isinstance(value, (np.integer, int)):
-    return int(value)
-  if isinstance(value, (np.floating, float)):
-    return float(value) if math.isfinite(value) else None
-  if isinstance(value, (pd.Timestamp, pd.Timedelta)):
-    return None if pd.isna(value) else str(value)
-  return value
 
 
 def _axis_values(result: BacktestResult) -> tuple[np.ndarray, np.ndarray]:

@@ -265,20 +265,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
                      best_metrics=dict(record['best_metrics'] or {}), summary=summary,
                      state=state)
 
-
-def restore_params(workdir: str | pathlib.Path, like: Any, step: int | None = None
-                   ) -> tuple[Any, dict[str, Any]]:
-  """The params of ``workdir``'s best checkpoint (or ``step``), shaped like the pytree ``like``,
-  and that checkpoint's JSON record."""
-  checkpoints = checkpoint_lib.Checkpoints(pathlib.Path(workdir) / 'checkpoints', read_only=True)
-  try:
-    latest = checkpoints.read_record()
-    step = latest['best_step'] if step is None and latest.get('best_step') is not None else (
-        step if step is not None else checkpoints.latest_step())
-    if step not in checkpoints.all_steps():
-      raise checkpoint_lib.CheckpointError(describe(
-          str(workdir), f'no checkpoint at step {step} (have {checkpoints.all_steps()})'))
-    state, record = checkpoints.restore(step, like)
-  finally:
-    checkpoints.close()
-  return state, record

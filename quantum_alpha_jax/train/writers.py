@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 
 from quantum_alpha_jax.data.store import atomic_write
 from quantum_alpha_jax.data.store import atomic_write_json
@@ -33,6 +34,8 @@ def json_ready(value: Any) -> Any:
     return json_ready(float(value))
   if isinstance(value, (np.integer,)):
     return int(value)
+  if isinstance(value, (pd.Timestamp, pd.Timedelta)):
+    return None if pd.isna(value) else str(value)
   return value
 
 
