@@ -1,0 +1,279 @@
+"""The ensemble backtest experiment: saved models → per-bar signals → ablation → report.
+
+1. Each model named in ``config.checkpoints`` (an empty path switches it off) is loaded from its
+   run directory (``tasks.<model>.load``) and produces its per-bar signals over ``config.split``
+   of ``config.data`` (``tasks.<model>.bar_signals``: each row reads bars up to its own only).
+2. The signals are joined on (symbol, bar); a bar enters the backtest only when every loaded model
+   has a signal for it (the Oracle has none for the last ``decoder_length`` bars of a split, whose
+   windows would need future calendar rows; the Guardian none for the first ``window - 1``).
+3. The ensemble rule (``backtest/ensemble.py``) turns the signals into targets for the full
+   ensemble and every ablation row whose models are loaded; the causal heuristics of the
+   Strategist's behaviour mixture (trend following, mean reversion; ``data/trajectories.py``) run
+   on the same bars. Every target series is backtested per symbol with equal capital and summed
+   into a portfolio (``backtest/portfolio.py``), after fees and slippage, beside buy-and-hold.
+4. Walk-forward: the same targets re-evaluated in calendar windows (``backtest/walkforward.py``),
+   with the mean and spread of each statistic.
+
+Outputs in the workdir: ``results.json``, ``trades.csv`` (the ensemble's trades), ``report.md``
+(ablation, per-symbol and walk-forward tables, pictures), ``equity.png`` (every strategy's
+portfolio equity beside buy-and-hold), ``signals.parquet`` and, per symbol, the engine's report of
+the ensemble (equity, drawdown, positions over price, monthly returns).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Mapping
+
+from absl import logging
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from quantum_alpha_jax import errors
+from quantum_alpha_jax.backtest import ensemble
+from quantum_alpha_jax.backtest import portfolio
+from quantum_alpha_jax.backtest import report as report_lib
+from quantum_alpha_jax.backtest import walkforward
+from quantum_alpha_jax.data import windows
+from quantum_alpha_jax.data.features import FEATURES
+from quantum_alpha_jax.train import writers
+
+HEURISTICS = ('trend', 'mean_reversion')
+_COMPONENT_COLUMNS = {'oracle': ('p_up', 'uncertainty', 'q50'),
+                      'guardian': ('regime', 'p_bull', 'p_bear', 'p_sideways', 'risk_level',
+                                   'risk_score'),
+                      'strategist': ('action', 'size', 'target_position')}
+
+
+def _record(workdir: pathlib.Path) -> dict[str, Any]:
+  from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  checkpoints = checkpoint_lib.Checkpoints(workdir / 'checkpoints', read_only=True)
+  try:
+    return checkpoints.read_record()
+  finally:
+    checkpoints.close()
+
+
+def _check_workdir(name: str, workdir: pathlib.Path) -> None:
+  if not (workdir / 'checkpoints').is_dir():
+    raise errors.ConfigError(errors.describe(
+        f'config.checkpoints.{name}', f'{workdir} holds no trained run',
+        f'train it first (python -m experiments.{name} --config=configs/{name}.py[:quick] '
+        f'--workdir={workdir}), or set --config.checkpoints.{name}="" to leave it out'))
+
+
+def model_signals(name: str, workdir: str | pathlib.Path, data_config: ml_collections.ConfigDict,
+                  split: str, *, batch_size: int = 1024, progress: bool = True) -> pd.DataFrame:
+  """The per-bar signals of the model saved in ``workdir`` over ``split`` of ``data_config``."""
+  from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  _check_workdir(name, workdir)
+  if name == 'oracle':
+    task, params, config = oracle.load(workdir)
+    normalizer = windows.Normalizer.from_dict(_record(workdir)['normalizer'])
+    data, _ = data_lib.make_split_data(data_config, oracle.window_spec(config), batch_size, 0,
+                                       normalizer=normalizer)
+    return oracle.bar_signals(task, params, _split(data, split), batch_size=batch_size,
+                              progress=progress)
+  if name == 'guardian':
+    task, params, config = guardian.load(workdir)
+    data, _ = data_lib.make_split_data(data_config, guardian.window_spec(config), batch_size, 0,
+                                       normalizer=task.normalizer)
+    return guardian.bar_signals(task, params, _split(data, split), batch_size=batch_size,
+                                progress=progress)
+  if name == 'strategist':
+    task, params, config = strategist.load(workdir)
+    frames = data_lib.load_frames(data_config)
+    arrays = windows.WindowArrays.from_frames(frames, pathlib.Path(data_config.store_dir) /
+                                              'windows_cache')
+    splits = windows.splits_from_config(data_config.splits)
+    bars = windows.split_anchors(arrays, windows.WindowSpec(1, 0), splits)[split]
+    source = windows.WindowSource(arrays, task.normalizer.spec, bars, task.normalizer, split)
+    return strategist.bar_signals(task, params, source, progress=progress)
+  raise errors.ConfigError(errors.describe('config.checkpoints', f'unknown model {name!r}',
+                                           f'use {ensemble.COMPONENTS}'))
+
+
+def _split(data: Mapping[str, windows.SplitData], name: str) -> windows.SplitData:
+  if name not in data:
+    raise errors.ConfigError(errors.describe('config.split', f'no split {name!r}',
+                                             f'use one of {sorted(data)}'))
+  return data[name]
+
+
+def join_signals(signals: Mapping[str, pd.DataFrame], frames: Mapping[str, pd.DataFrame]
+                 ) -> pd.DataFrame:
+  """One row per (symbol, bar) present in every model's signals, with the bar's open, close and
+  raw features; sorted by symbol, then time."""
+  if not signals:
+    raise errors.ConfigError(errors.describe(
+        'config.checkpoints', 'no model to backtest', 'give at least one checkpoint directory'))
+  joined = None
+  for name, frame in signals.items():
+    part = frame[['symbol', 'timestamp', *_COMPONENT_COLUMNS[name]]]
+    joined = part if joined is None else joined.merge(part, on=['symbol', 'timestamp'],
+                                                      how='inner')
+  prices = pd.concat([frame[['timestamp', 'open', 'close', *FEATURES]].assign(symbol=symbol)
+                      .loc[:, lambda f: ~f.columns.duplicated()]
+                      for symbol, frame in frames.items()], ignore_index=True)
+  joined = joined.merge(prices, on=['symbol', 'timestamp'], how='inner')
+  joined = joined.sort_values(['symbol', 'timestamp'], kind='stable').reset_index(drop=True)
+  if len(joined) < 2:
+    raise errors.DataError(errors.describe(
+        'backtest', f'the models share only {len(joined)} bars of the split',
+        'check that every checkpoint was trained on the same symbols and that the split has data'))
+  return joined
+
+
+def strategy_targets(joined: pd.DataFrame, config: ml_collections.ConfigDict,
+                     available: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """Targets ``[rows]`` of the ensemble, every ablation row with its models loaded, and the
+  heuristics (computed per symbol, causally, from flat)."""
+  from quantum_alpha_jax.data import trajectories  # pylint: disable=g-import-not-at-top
+
+  targets: dict[str, np.ndarray] = {}
+  for name, rule in ensemble.ablation_configs(config.ensemble, available).items():
+    targets[name] = np.zeros(len(joined))
+    for _, rows in joined.groupby('symbol', sort=False).indices.items():
+      part = {column: joined[column].to_numpy()[rows] for column in
+              ensemble.required_signals(rule)}
+      targets[name][rows] = ensemble.positions(part, rule)
+  for name in HEURISTICS:
+    target = np.zeros(len(joined))
+    for _, rows in joined.groupby('symbol', sort=False).indices.items():
+      target[rows] = trajectories.heuristic_positions(
+          name, joined[list(FEATURES)].to_numpy()[rows], bool(config.ensemble.allow_short))
+    targets[f'heuristic: {name}'] = target
+  return targets
+
+
+def plot_equity_comparison(results: Mapping[str, portfolio.PortfolioResult], path: pathlib.Path
+                           ) -> pathlib.Path:
+  figure, axis = plt.subplots(figsize=(11, 5))
+  for name, result in results.items():
+    axis.plot(result.equity.index, result.equity.to_numpy(), lw=2.0 if name == 'ensemble' else 1.0,
+              label=name)
+  first = next(iter(results.values()))
+  axis.plot(first.buy_and_hold_equity.index, first.buy_and_hold_equity.to_numpy(), 'k--', lw=1.2,
+            label='buy and hold')
+  axis.set_ylabel('portfolio equity')
+  axis.set_title('Equal-capital portfolio after fees: every strategy beside buy-and-hold')
+  axis.legend(fontsize=8, ncol=2)
+  axis.grid(alpha=0.3)
+  figure.autofmt_xdate()
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """The whole experiment (module docstring); returns the JSON-ready results."""
+  from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  ensemble.check_config(ml_collections.ConfigDict(
+      dict(config.ensemble.to_dict(), use_strategist=True)))
+  signals = {}
+  for name in ensemble.COMPONENTS:
+    path = config.checkpoints.get(name) or ''
+    if path:
+      logging.info('Signals of %s from %s', name, path)
+      signals[name] = model_signals(name, path, config.data, config.split,
+                                    batch_size=config.batch_size, progress=config.progress)
+  frames = data_lib.load_frames(config.data)
+  joined = join_signals(signals, frames)
+  joined.drop(columns=list(FEATURES)).to_parquet(workdir / 'signals.parquet')
+  targets = strategy_targets(joined, config, tuple(signals))
+  if not any(name in ensemble.ABLATIONS for name in targets):
+    raise errors.ConfigError(errors.describe(
+        'config.checkpoints', f'the loaded models {tuple(signals)} make no ablation row',
+        'load the Strategist, the Oracle or the Guardian'))
+  costs = dict(fee_rate=config.costs.fee_rate, slippage_bps=config.costs.slippage_bps,
+               allow_short=bool(config.ensemble.allow_short),
+               rebalance_threshold=config.costs.rebalance_threshold)
+  prices = joined[['symbol', 'timestamp', 'open', 'close']]
+  results = {name: portfolio.run(prices, target, initial_capital=config.costs.initial_capital,
+                                 **costs) for name, target in targets.items()}
+  headline = next(name for name in ensemble.ABLATIONS if name in results)
+  main = results[headline]
+
+  tables = {'Ablation (equal-capital portfolio)': portfolio.comparison_table(results)}
+  for symbol in main.by_symbol:
+    tables[f'Ablation, {symbol}'] = portfolio.comparison_table(results, symbol)
+  walk = {}
+  for symbol, rows in joined.groupby('symbol', sort=False).indices.items():
+    walk[symbol] = walkforward.walk_forward(
+        {name: target[rows] for name, target in targets.items()},
+        joined['open'].to_numpy()[rows], joined['close'].to_numpy()[rows],
+        joined['timestamp'].to_numpy()[rows], frequency=config.walk_forward.frequency,
+        min_bars=config.walk_forward.min_bars, **costs)
+    tables[f'Walk-forward ({config.walk_forward.frequency}), {symbol}'] = (
+        walkforward.summary_table(walk[symbol]))
+
+  symbol_reports = {}
+  for symbol, result in main.by_symbol.items():
+    paths = report_lib.write_report(result, workdir / symbol, title=f'{headline}, {symbol}')
+    symbol_reports[symbol] = {key: str(path.relative_to(workdir)) for key, path in paths.items()}
+  equity_png = plot_equity_comparison(results, workdir / 'equity.png')
+  main.trades.to_csv(workdir / 'trades.csv', index=False)
+
+  span = {'start': str(joined['timestamp'].min()), 'end': str(joined['timestamp'].max()),
+          'bars': int(len(joined)), 'symbols': list(main.by_symbol)}
+  payload = {
+      'experiment': 'backtest', 'workdir': str(workdir), 'headline': headline, 'span': span,
+      'models': {name: str(config.checkpoints[name]) for name in signals},
+      'portfolio': {name: result.stats for name, result in results.items()},
+      'buy_and_hold': main.buy_and_hold_stats,
+      'by_symbol': {symbol: {name: result.by_symbol[symbol].stats for name, result in
+                             results.items()} | {'buy_and_hold': main.by_symbol[symbol]
+                                                 .buy_and_hold_stats}
+                    for symbol in main.by_symbol},
+      'walk_forward': walk, 'reports': symbol_reports, 'config': config.to_dict(),
+  }
+  lines = [f'# Ensemble backtest: {headline}', '',
+           f'{span["bars"]:,} bars of {", ".join(span["symbols"])}, {span["start"]} to '
+           f'{span["end"]} ({config.split} split). Targets are decided at each bar\'s close from '
+           'signals that read that bar and earlier ones, and filled at the next open; fee '
+           f'{config.costs.fee_rate:.3%} per side, slippage {config.costs.slippage_bps:g} bp, '
+           f'capital {config.costs.initial_capital:,.0f} split equally over the symbols. '
+           f'Models: {", ".join(f"{k} ({v})" for k, v in payload["models"].items())}.', '',
+           '![equity](equity.png)', '']
+  for name, table in tables.items():
+    lines += [f'## {name}', '', report_lib.markdown_table(table), '']
+  lines += ['## Per symbol', '']
+  for symbol, paths in symbol_reports.items():
+    lines.append(f'- {symbol}: [report]({paths["report"]}), [trades]({paths["trades"]})')
+  lines += ['', 'Numbers: [results.json](results.json); the ensemble\'s trades: '
+            '[trades.csv](trades.csv); per-bar signals: signals.parquet.', '']
+  (workdir / 'report.md').write_text('\n'.join(lines))
+  payload['report'] = str(workdir / 'report.md')
+  payload['plots'] = {'equity': str(equity_png)}
+  payload['results_json'] = str(writers.write_results(workdir, payload))
+  return writers.json_ready(payload)
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+  """A short table: portfolio total return, Sharpe and max drawdown of every strategy."""
+  lines = [f'Backtest {results["span"]["start"]} .. {results["span"]["end"]} '
+           f'({results["span"]["bars"]:,} bars, after fees)',
+           f'  {"strategy":<28} {"return":>9} {"Sharpe":>8} {"max DD":>8} {"trades":>7}']
+  rows = list(results['portfolio'].items()) + [('buy and hold', results['buy_and_hold'])]
+  for name, stats in rows:
+    value = lambda key, pattern: (pattern.format(stats[key]) if stats.get(key) is not None
+                                  else '—')
+    lines.append(f'  {name:<28} {value("total_return", "{:+.2%}"):>9} '
+                 f'{value("sharpe", "{:.2f}"):>8} {value("max_drawdown", "{:.2%}"):>8} '
+                 f'{value("trades", "{:d}"):>7}')
+  lines.append(f'report: {results["report"]}')
+  return '\n'.join(lines)
