@@ -1,0 +1,20 @@
+"""Evaluate a saved run on any store and date range (see quantum_alpha_jax/evaluate/saved.py).
+
+python -m experiments.evaluate --config=configs/evaluate.py --config.model=oracle \
+    --config.checkpoint=checkpoints/oracle-quick [--config.data=data_store/real] \
+    [--config.start=2023-07-01 --config.end=2024-01-01] [--workdir=DIR]
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = 'oracle'  # oracle | lstm | guardian | strategist
+  config.checkpoint = ''  # the run's workdir (holds checkpoints/)
+  config.data = ''  # a feature store directory; empty: the store the run was trained on
+  config.start = ''  # evaluated range [start, end); empty: the run's own test split
+  config.end = ''
+  config.max_windows = 0  # 0: every window of the range
+  config.batch_size = 256
+  return config

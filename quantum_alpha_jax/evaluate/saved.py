@@ -1,0 +1,144 @@
+"""Evaluate any saved run on any store and date range (``experiments.evaluate``).
+
+The run in ``config.checkpoint`` (a workdir of ``experiments.oracle``, ``.lstm``, ``.guardian`` or
+``.strategist``) is rebuilt from its saved config with the params of its best checkpoint
+(``tasks.<model>.load``) and evaluated by the model's own ``evaluate`` on one split, named
+``evaluation``:
+
+- ``config.data``: a feature store directory (``experiments.data`` builds one from kline files);
+  empty means the store the run was trained on.
+- ``config.start`` / ``config.end``: the range; empty means the run's own ``test`` split.
+- The run's fitted normaliser (and its risk thresholds or conditioning target) is used as saved:
+  nothing is refitted on the evaluated data.
+- The baselines that need training statistics (the Oracle's training mean and climatology) come
+  from the run's own training split in its own store, never from the evaluated range.
+- A range that overlaps the run's training split is refused when it is evaluated on the training
+  store, since that would score the model on data it has seen.
+
+It writes the same ``results.json`` and plots as the training experiment's own evaluation.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import ml_collections
+import pandas as pd
+
+from quantum_alpha_jax import errors
+from quantum_alpha_jax.data import windows
+from quantum_alpha_jax.train import writers
+
+MODELS = ('oracle', 'lstm', 'guardian', 'strategist')
+
+
+def _module(name: str):
+  from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import lstm  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
+  modules = {'oracle': oracle, 'lstm': lstm, 'guardian': guardian, 'strategist': strategist}
+  if name not in modules:
+    raise errors.ConfigError(errors.describe('config.model', f'unknown model {name!r}',
+                                             f'use one of {MODELS}'))
+  return modules[name]
+
+
+def _record(workdir: pathlib.Path) -> dict[str, Any]:
+  from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  if not (workdir / 'checkpoints').is_dir():
+    raise errors.ConfigError(errors.describe(
+        'config.checkpoint', f'{workdir} holds no checkpoints',
+        'pass the workdir of a training run (e.g. checkpoints/oracle-quick)'))
+  checkpoints = checkpoint_lib.Checkpoints(workdir / 'checkpoints', read_only=True)
+  try:
+    return checkpoints.read_record()
+  finally:
+    checkpoints.close()
+
+
+def evaluation_data_config(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+                           ) -> ml_collections.ConfigDict:
+  """The saved data config pointed at ``config.data`` with the single ``evaluation`` split."""
+  data_config = ml_collections.ConfigDict(saved.data.to_dict())
+  own_store = not config.data or (pathlib.Path(config.data).resolve()
+                                  == pathlib.Path(saved.data.store_dir).resolve())
+  if config.data:
+    store = pathlib.Path(config.data)
+    if not (store / 'store.json').exists():
+      raise errors.ConfigError(errors.describe(
+          'config.data', f'{store} is not a feature store (no store.json)',
+          'build one with python -m experiments.data, or pass an existing store directory'))
+    data_config.store_dir = str(store)
+  if bool(config.start) != bool(config.end):
+    raise errors.ConfigError(errors.describe('config.start/end', 'only one of them is set',
+                                             'set both, or neither for the run\'s test split'))
+  if config.start:
+    bounds = (config.start, config.end)
+  elif 'test' in saved.data.splits:
+    bounds = tuple(saved.data.splits.test)
+  else:
+    raise errors.ConfigError(errors.describe('config.start', 'the run has no test split',
+                                             'set --config.start and --config.end'))
+  evaluation = windows.Split('evaluation', *bounds)
+  if own_store and 'train' in saved.data.splits:
+    train = windows.Split('train', *saved.data.splits.train)
+    if evaluation.start_ns < train.end_ns and train.start_ns < evaluation.end_ns:
+      raise errors.ConfigError(errors.describe(
+          'config.start/end', f'{evaluation.describe()} overlaps the run\'s training split '
+          f'{train.describe()} on the store it was trained on',
+          'evaluate a range after the training split (the run\'s validation or test period)'))
+  data_config.splits = ml_collections.ConfigDict({'evaluation': bounds})
+  return data_config
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Evaluates the saved run (module docstring); returns the JSON-ready results."""
+  from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  checkpoint = pathlib.Path(config.checkpoint)
+  record = _record(checkpoint)
+  module = _module(config.model)
+  task, params, saved = module.load(checkpoint)
+  data_config = evaluation_data_config(saved, config)
+  workdir = pathlib.Path(workdir)
+  batch_size = int(config.batch_size)
+  if config.model in ('oracle', 'lstm'):
+    normalizer = windows.Normalizer.from_dict(record['normalizer'])
+    spec = oracle.window_spec(saved)
+    data, _ = data_lib.make_split_data(data_config, spec, batch_size, 0, normalizer=normalizer)
+    own, _ = data_lib.make_split_data(saved.data, spec, batch_size, 0, normalizer=normalizer)
+    report = module.evaluate(task, params, data['evaluation'], own['train'], workdir,
+                             max_windows=config.max_windows)
+  elif config.model == 'guardian':
+    data, _ = data_lib.make_split_data(data_config, guardian.window_spec(saved), batch_size, 0,
+                                       normalizer=task.normalizer)
+    report = guardian.evaluate(task, params, data['evaluation'], record['guardian_statistics'],
+                               workdir, max_windows=config.max_windows)
+  else:
+    data, _ = strategist.make_data(ml_collections.ConfigDict(
+        dict(saved.to_dict(), data=data_config.to_dict())), normalizer=task.normalizer)
+    report = strategist.evaluate(task, params, data['evaluation'],
+                                 record['trajectories']['initial_return_quantiles'], workdir)
+  results = {'model': config.model, 'checkpoint': str(checkpoint), 'workdir': str(workdir),
+             'store': data_config.store_dir, 'range': list(data_config.splits.evaluation),
+             'best_step': record.get('best_step'), 'evaluation': report,
+             'config': config.to_dict(), 'run_config': saved.to_dict()}
+  results['results_json'] = str(writers.write_results(workdir, results))
+  return writers.json_ready(results)
+
+
+def format_results(results: dict[str, Any]) -> str:
+  report = results['evaluation']
+  lines = [f'{results["model"]} from {results["checkpoint"]} (best step {results["best_step"]}) '
+           f'on {results["store"]}, {results["range"][0]} .. {results["range"][1]}']
+  flat = pd.json_normalize(report, sep='.').T
+  scalars = [(k, v) for k, v in flat[0].items() if isinstance(v, (int, float)) and not
+             isinstance(v, bool)][:25]
+  lines += [f'  {key:<60} {value:.6g}' for key, value in scalars]
+  lines.append(f'results: {results["results_json"]}')
+  return '\n'.join(lines)
