@@ -48,6 +48,7 @@ a flat first bar (its strategy first acts at bar 1's close). Final equity then a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -87,6 +88,41 @@ class BacktestResult:
   config: dict[str, Any]
 
 
+def fill_at_open(carry, target, price, target_changed, *, fee_rate, slippage, threshold=0.0,
+                 use_threshold: bool = False):
+  """One bar's open: trade from the held position towards ``target`` (the module's rules).
+
+  ``carry = (cash, units, held)`` before the open; ``target`` was decided at the previous close,
+  ``price`` is this bar's open and ``target_changed`` whether ``target`` differs from the previous
+  bar's target. ``slippage`` is a fraction (bps / 10,000). Returns ``((cash, units, held),
+  (trade, fill, fee))``. Pure jnp on scalars or arrays of one shape (dtype-generic), so the jitted
+  simulation below and a policy rollout inside ``lax.scan`` share one fee and fill model.
+  """
+  cash, units, held = carry
+  zero = jnp.zeros_like(price)
+  equity_open = cash + units * price
+  solvent = equity_open > 0
+  target = jnp.where(solvent, target, zero)
+  direction = jnp.sign(target * equity_open / price - units)
+  fill = price * (1.0 + slippage * direction)
+  desired = jnp.where(target == 0, zero, target * equity_open / fill)
+  trade = desired - units
+  trade = jnp.where(jnp.sign(trade) == direction, trade, zero)
+  if use_threshold:
+    weight = units * price / equity_open
+    flips = jnp.sign(target) * jnp.sign(units) < 0
+    rebalance = ((jnp.abs(target - weight) > threshold) | ((target == 0) & (units != 0))
+                 | flips | ~solvent)
+  else:
+    rebalance = target_changed | (~solvent & (units != 0))
+  trade = jnp.where(rebalance, trade, zero)
+  fee = fee_rate * jnp.abs(trade) * fill
+  cash = cash - trade * fill - fee
+  units = jnp.where(rebalance & (target == 0), zero, units + trade)
+  held = jnp.where(rebalance, target, held)
+  return (cash, units, held), (trade, fill, fee)
+
+
 def _simulate_core(signal, open_price, changed, initial_capital, fee_rate, slippage, threshold,
                    use_threshold: bool):
   """Scans bars 1..T-1: signal[i] = target[i] filled at open_price[i] = open[i + 1]."""
@@ -94,29 +130,11 @@ def _simulate_core(signal, open_price, changed, initial_capital, fee_rate, slipp
   zero = jnp.zeros((), dtype)
 
   def step(carry, inputs):
+    carry, (trade, fill, fee) = fill_at_open(
+        carry, *inputs, fee_rate=fee_rate, slippage=slippage, threshold=threshold,
+        use_threshold=use_threshold)
     cash, units, held = carry
-    target, price, target_changed = inputs
-    equity_open = cash + units * price
-    solvent = equity_open > 0
-    target = jnp.where(solvent, target, zero)
-    direction = jnp.sign(target * equity_open / price - units)
-    fill = price * (1.0 + slippage * direction)
-    desired = jnp.where(target == 0, zero, target * equity_open / fill)
-    trade = desired - units
-    trade = jnp.where(jnp.sign(trade) == direction, trade, zero)
-    if use_threshold:
-      weight = units * price / equity_open
-      flips = jnp.sign(target) * jnp.sign(units) < 0
-      rebalance = ((jnp.abs(target - weight) > threshold) | ((target == 0) & (units != 0))
-                   | flips | ~solvent)
-    else:
-      rebalance = target_changed | (~solvent & (units != 0))
-    trade = jnp.where(rebalance, trade, zero)
-    fee = fee_rate * jnp.abs(trade) * fill
-    cash = cash - trade * fill - fee
-    units = jnp.where(rebalance & (target == 0), zero, units + trade)
-    held = jnp.where(rebalance, target, held)
-    return (cash, units, held), (cash, units, held, trade, fill, fee)
+    return carry, (cash, units, held, trade, fill, fee)
 
   initial = (jnp.asarray(initial_capital, dtype), zero, zero)
   _, outputs = jax.lax.scan(step, initial, (signal, open_price, changed))
@@ -124,23 +142,20 @@ def _simulate_core(signal, open_price, changed, initial_capital, fee_rate, slipp
 
 
 _simulate = jax.jit(_simulate_core, static_argnames=('use_threshold',))
+# The same simulation over a leading axis of independent series [series, time].
+@functools.partial(jax.jit, static_argnames=('use_threshold',))
+def _simulate_batch(signal, open_price, changed, initial_capital, fee_rate, slippage, threshold,
+                    use_threshold: bool):
+  core = functools.partial(_simulate_core, use_threshold=use_threshold)
+  return jax.vmap(core, in_axes=(0, 0, 0, None, None, None, None))(
+      signal, open_price, changed, initial_capital, fee_rate, slippage, threshold)
 
 
-def simulate(target, open_price, initial_capital: float, fee_rate: float, slippage_bps: float,
-             rebalance_threshold: float | None) -> dict[str, np.ndarray]:
-  """The raw float64 simulation of validated inputs [time]; arrays [time] of cash, units, fills."""
-  target = np.asarray(target, dtype=np.float64)
-  open_price = np.asarray(open_price, dtype=np.float64)
-  previous = np.concatenate([[0.0], target[:-2]])
-  changed = target[:-1] != previous
-  with jax.enable_x64(True):
-    outputs = _simulate(
-        target[:-1], open_price[1:], changed, np.float64(initial_capital), np.float64(fee_rate),
-        np.float64(slippage_bps / 10_000),
-        np.float64(0.0 if rebalance_threshold is None else rebalance_threshold),
-        use_threshold=rebalance_threshold is not None)
-    cash, units, held, trade, fill, fee = jax.device_get(outputs)
-  first = lambda value, array: np.concatenate([[value], array])  # bar 0: flat, nothing traded
+def _simulation_state(target, outputs, initial_capital) -> dict[str, np.ndarray]:
+  """Prepends the flat, untraded bar 0 to the scan's outputs (on the last axis)."""
+  cash, units, held, trade, fill, fee = outputs
+  leading = np.shape(target)[:-1]
+  first = lambda value, array: np.concatenate([np.full(leading + (1,), value), array], axis=-1)
   traded = first(0.0, trade)
   return {
       'cash': first(float(initial_capital), cash),
@@ -150,6 +165,51 @@ def simulate(target, open_price, initial_capital: float, fee_rate: float, slippa
       'fill_price': np.where(traded != 0, first(np.nan, fill), np.nan),
       'fees': first(0.0, fee),
   }
+
+
+def _changed(target: np.ndarray) -> np.ndarray:
+  """``target[..., t] != target[..., t - 1]`` (flat start) for the targets that get filled."""
+  previous = np.concatenate([np.zeros(target.shape[:-1] + (1,)), target[..., :-2]], axis=-1)
+  return target[..., :-1] != previous
+
+
+def simulate(target, open_price, initial_capital: float, fee_rate: float, slippage_bps: float,
+             rebalance_threshold: float | None) -> dict[str, np.ndarray]:
+  """The raw float64 simulation of validated inputs [time]; arrays [time] of cash, units, fills."""
+  target = np.asarray(target, dtype=np.float64)
+  open_price = np.asarray(open_price, dtype=np.float64)
+  with jax.enable_x64(True):
+    outputs = _simulate(
+        target[:-1], open_price[1:], _changed(target), np.float64(initial_capital),
+        np.float64(fee_rate), np.float64(slippage_bps / 10_000),
+        np.float64(0.0 if rebalance_threshold is None else rebalance_threshold),
+        use_threshold=rebalance_threshold is not None)
+    outputs = jax.device_get(outputs)
+  return _simulation_state(target, outputs, initial_capital)
+
+
+def simulate_batch(target, open_price, initial_capital: float = DEFAULT_INITIAL_CAPITAL,
+                   fee_rate: float = DEFAULT_FEE_RATE,
+                   slippage_bps: float = DEFAULT_SLIPPAGE_BPS) -> dict[str, np.ndarray]:
+  """:func:`simulate` of many independent series at once (default rebalancing), float64.
+
+  ``target``, ``open_price`` [series, time] (validated by the caller: finite, positive prices);
+  returns the same arrays as :func:`simulate`, each [series, time]. Equity at each close is
+  ``cash + units * close``.
+  """
+  target = np.asarray(target, dtype=np.float64)
+  open_price = np.asarray(open_price, dtype=np.float64)
+  if target.ndim != 2 or target.shape != open_price.shape or target.shape[1] < 2:
+    raise errors.DataError(errors.describe(
+        'simulate_batch', f'target {target.shape} and open {open_price.shape} must be the same '
+        '[series, time] shape with time >= 2'))
+  with jax.enable_x64(True):
+    outputs = _simulate_batch(
+        target[:, :-1], open_price[:, 1:], _changed(target), np.float64(initial_capital),
+        np.float64(fee_rate), np.float64(slippage_bps / 10_000), np.float64(0.0),
+        use_threshold=False)
+    outputs = jax.device_get(outputs)
+  return _simulation_state(target, outputs, initial_capital)
 
 
 def _check_series(values, name: str, length: int | None = None) -> np.ndarray:

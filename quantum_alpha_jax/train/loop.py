@@ -32,7 +32,8 @@ from quantum_alpha_jax.train import step as step_lib
 from quantum_alpha_jax.train import writers
 
 # Config keys that may change between a killed run and its resume without changing the result.
-RESUMABLE_CHANGES = ('log_every_steps', 'num_workers', 'progress_interval_seconds')
+RESUMABLE_CHANGES = ('log_every_steps', 'log_every_updates', 'num_workers',
+                     'progress_interval_seconds')
 
 
 class Task(Protocol):
@@ -105,15 +106,16 @@ def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int
   return int(config.num_epochs) * int(steps_per_epoch)
 
 
-def _config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                        prefix: str = '') -> list[str]:
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       prefix: str = '') -> list[str]:
+  """``'key: saved → current'`` for every setting that differs, ignoring ``RESUMABLE_CHANGES``."""
   keys = sorted(set(saved) | set(current))
   differences = []
   for key in keys:
     name = f'{prefix}{key}'
     a, b = saved.get(key), current.get(key)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-      differences += _config_differences(a, b, name + '.')
+      differences += config_differences(a, b, name + '.')
     elif a != b and key not in RESUMABLE_CHANGES:
       differences.append(f'{name}: {a!r} → {b!r}')
   return differences
@@ -165,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
   resume_step = checkpoints.latest_step()
   if resume_step is not None:
     saved = checkpoints.read_record(resume_step)
-    differences = _config_differences(saved.get('config', {}), run_config)
+    differences = config_differences(saved.get('config', {}), run_config)
     if differences:
       raise ConfigError(describe(
           str(workdir), f'holds a run with another config ({"; ".join(differences[:6])})',
