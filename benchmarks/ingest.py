@@ -12,41 +12,10 @@ import argparse
 import resource
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from quantum_alpha_jax.data import klines, schema, store, synthetic
+from quantum_alpha_jax.data import klines, store, synthetic
 from quantum_alpha_jax.data.features import compute_features
-
-
-def write_binance_months(frame: pd.DataFrame, symbol: str, directory: Path, fmt: str) -> list[Path]:
-  """One Binance-style kline file per month (12 columns, ms timestamps, no header)."""
-  months = pd.DatetimeIndex(frame[schema.TIMESTAMP]).strftime('%Y-%m').to_numpy()
-  paths = []
-  for month in np.unique(months):
-    part = frame.loc[months == month]
-    open_ms = schema.timestamps_ns(part) // 1_000_000
-    table = pd.DataFrame({
-        'open_time': open_ms, 'open': part.open.to_numpy(), 'high': part.high.to_numpy(),
-        'low': part.low.to_numpy(), 'close': part.close.to_numpy(), 'volume': part.volume.to_numpy(),
-        'close_time': open_ms + 299_999, 'quote_volume': part.quote_volume.to_numpy(),
-        'count': part['count'].to_numpy().astype(np.int64),
-        'taker_buy_volume': part.taker_buy_volume.to_numpy(),
-        'taker_buy_quote_volume': part.taker_buy_quote_volume.to_numpy(), 'ignore': 0})
-    name = f'{symbol}-5m-{month}'
-    text = table.to_csv(index=False, header=False, float_format='%.8f')
-    if fmt == 'zip':
-      path = directory / f'{name}.zip'
-      with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(f'{name}.csv', text)
-    else:
-      path = directory / f'{name}.csv'
-      path.write_text(text)
-    paths.append(path)
-  return paths
 
 
 def main() -> None:
@@ -60,7 +29,7 @@ def main() -> None:
   generate_seconds = time.perf_counter() - began
   with tempfile.TemporaryDirectory() as directory:
     directory = Path(directory)
-    files = {s: write_binance_months(f, s, directory, args.format) for s, f in market.items()}
+    files = {s: klines.write_binance(f, s, directory, fmt=args.format) for s, f in market.items()}
     rows = sum(len(f) for f in market.values())
     timings = {'ingest': 0.0, 'features': 0.0, 'store write': 0.0}
     featured = {}

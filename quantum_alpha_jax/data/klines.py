@@ -348,14 +348,15 @@ def load_symbol(paths: Iterable[str | Path], symbol: str, *, sort: bool = False,
   merged = pd.concat([f[columns] for f in frames], ignore_index=True)
   if len(frames) > 1:
     merged = merged.sort_values(schema.TIMESTAMP, kind='stable').reset_index(drop=True)
-    merged = _merge_overlaps(merged, symbol, dedupe, report)
+    merged = merge_overlaps(merged, symbol, dedupe, report)
   result, report.gaps = regularize(merged, fill_limit_bars=fill_limit_bars, interval=interval)
   return result, report
 
 
-def _merge_overlaps(frame: pd.DataFrame, symbol: str, dedupe: bool, report: IngestReport
-                    ) -> pd.DataFrame:
-  """Overlapping files: identical candles merge silently, conflicting ones need ``dedupe``."""
+def merge_overlaps(frame: pd.DataFrame, symbol: str, dedupe: bool,
+                   report: IngestReport | None = None) -> pd.DataFrame:
+  """A time-sorted frame from overlapping sources -> one row per timestamp: identical candles
+  merge silently, conflicting ones need ``dedupe`` (the later row wins)."""
   times = schema.timestamps_ns(frame)
   same = np.concatenate([[False], np.diff(times) == 0])
   if not same.any():
@@ -367,7 +368,8 @@ def _merge_overlaps(frame: pd.DataFrame, symbol: str, dedupe: bool, report: Inge
     raise DataError(describe(
         symbol, f'{int(conflict.sum())} candles differ between overlapping files (first '
         f'{_when(frame, row)})', 'pass dedupe=True to keep the later file\'s candle'))
-  report.duplicates_removed += int(same.sum())
+  if report is not None:
+    report.duplicates_removed += int(same.sum())
   keep = np.concatenate([~same[1:], [True]])
   return frame.loc[keep].reset_index(drop=True)
 
@@ -597,3 +599,48 @@ def _check_grid(frame: pd.DataFrame, interval: str, where: str) -> None:
     raise DataError(describe(
         where, f'{int(off.sum())} timestamps are off the {interval} grid (first at row {row}, '
         f'{frame[schema.TIMESTAMP].iloc[row]})', 'timestamps must be bar open times'))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writer: klines as Binance public-dump files (benchmarks, tests and the synthetic feed).
+
+
+def write_binance(frame: pd.DataFrame, symbol: str, directory: str | Path, *,
+                  period: str = 'month', fmt: str = 'zip') -> list[Path]:
+  """Writes ``frame``'s observed bars as Binance public dumps: one headerless 12-column CSV (ms
+  timestamps) per month (``SYMBOL-5m-YYYY-MM``) or day (``SYMBOL-5m-YYYY-MM-DD``), zipped or plain.
+  The frame needs the extra kline columns (trade count, taker-buy volumes). Returns the paths, in
+  time order.
+  """
+  if period not in ('month', 'day') or fmt not in ('zip', 'csv'):
+    raise ConfigError(describe('write_binance', f'period {period!r}, fmt {fmt!r}',
+                               'use period "month" or "day" and fmt "zip" or "csv"'))
+  check_symbol(symbol, where='write_binance')
+  missing = [c for c in schema.OHLCV + schema.EXTRA_KLINE_COLUMNS if c not in frame]
+  if missing:
+    raise DataError(describe(f'write_binance {symbol}', f'the frame has no {", ".join(missing)}',
+                             'a Binance dump carries them: write OHLCV-only data as parquet'))
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  if schema.OBSERVED in frame:
+    frame = frame.loc[frame[schema.OBSERVED].to_numpy(dtype=bool)]
+  open_ms = schema.timestamps_ns(frame) // 1_000_000
+  table = pd.DataFrame({
+      'open_time': open_ms, **{c: frame[c].to_numpy() for c in schema.OHLCV},
+      'close_time': open_ms + INTERVALS['5m'] // pd.Timedelta(milliseconds=1) - 1,
+      **{c: frame[c].to_numpy() for c in schema.EXTRA_KLINE_COLUMNS}, 'ignore': 0})
+  table['count'] = table['count'].astype(np.int64)
+  labels = pd.DatetimeIndex(frame[schema.TIMESTAMP]).strftime(
+      '%Y-%m' if period == 'month' else '%Y-%m-%d').to_numpy()
+  paths = []
+  for label in np.unique(labels):
+    name = f'{symbol}-5m-{label}'
+    text = table.loc[labels == label].to_csv(index=False, header=False, float_format='%.8f')
+    path = directory / f'{name}.{fmt}'
+    if fmt == 'zip':
+      with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f'{name}.csv', text)
+    else:
+      path.write_text(text)
+    paths.append(path)
+  return paths

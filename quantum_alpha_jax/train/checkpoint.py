@@ -85,6 +85,20 @@ class Checkpoints:
           'the checkpoint was written by a different model/config; use a new --workdir')) from error
     return restored['state'], dict(restored['record'])
 
+  def restore_params(self, step: int) -> Any:
+    """The ``params`` of the train state saved at ``step``, as saved (nested dicts of arrays);
+    needs no model or optimizer to describe the target."""
+    if step not in self.all_steps():
+      raise CheckpointError(describe(
+          f'{self.directory}', f'has no step {step} (steps: {self.all_steps()})',
+          'the run was cleaned up or is still writing; pass the workdir of a finished run'))
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = restored['state']
+    if not isinstance(state, dict) or 'params' not in state:
+      raise CheckpointError(describe(f'{self.directory}/{step}', 'holds no train state params',
+                                     'pass the workdir of a run of the shared trainer'))
+    return state['params']
+
   def read_record(self, step: int | None = None) -> dict[str, Any]:
     """The JSON record saved with ``step`` (the latest by default)."""
     step = self.latest_step() if step is None else step
@@ -96,3 +110,39 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def load_best(workdir: str | pathlib.Path) -> tuple[Any, dict[str, Any]]:
+  """Params of the best checkpoint (by the validation metric; the latest when the run never
+  validated) of the run in ``workdir`` and the latest JSON record (``config``, ``best_step``,
+  ``normalizer``, ...). Read-only: safe beside a run that is still training."""
+  checkpoints = Checkpoints(pathlib.Path(workdir) / 'checkpoints', read_only=True)
+  try:
+    record = checkpoints.read_record()
+    step = record.get('best_step')
+    params = checkpoints.restore_params(checkpoints.latest_step() if step is None else int(step))
+  finally:
+    checkpoints.close()
+  if 'config' not in record:
+    raise CheckpointError(describe(str(workdir), 'the checkpoint record holds no config',
+                                   'pass the workdir of a run of the shared trainer'))
+  return params, record
+
+
+def check_structure(params: Any, expected: Any, where: str) -> None:
+  """Raises :class:`CheckpointError` unless ``params`` has the tree structure, shapes and dtypes of
+  ``expected`` (arrays or ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape`` of an init)."""
+  have = {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  want = {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(expected)}
+  problems = [f'missing {name}' for name in sorted(set(want) - set(have))]
+  problems += [f'unexpected {name}' for name in sorted(set(have) - set(want))]
+  problems += [f'{name} is {have[name]}, expected {want[name]}'
+               for name in sorted(set(have) & set(want)) if have[name] != want[name]]
+  if problems:
+    raise CheckpointError(describe(
+        where, f'the checkpoint params do not fit the model of the saved config '
+        f'({len(problems)} differences: {"; ".join(problems[:4])})',
+        'the checkpoint was written by another version of the model code; retrain, or check out '
+        'the code revision that wrote it'))
