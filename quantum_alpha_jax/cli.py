@@ -15,13 +15,15 @@ from quantum_alpha_jax.errors import QuantumAlphaError
 
 
 class _QuietLibraries(logging.Filter):
-  """Drops INFO chatter from Orbax and Grain (dozens of lines per checkpoint); warnings pass."""
+  """Drops INFO chatter from Orbax and Grain (dozens of lines per checkpoint) and from the export
+  converters (jax2onnx, TensorFlow); warnings pass."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno >= logging.WARNING:
       return True
     path = record.pathname.replace('\\', '/')
-    return not any(part in path for part in ('/orbax/', '/grain/', '/etils/'))
+    return not any(part in path for part in ('/orbax/', '/grain/', '/etils/', '/jax2onnx/',
+                                              '/onnx_ir/', '/tensorflow/'))
 
 
 def quiet_libraries() -> None:

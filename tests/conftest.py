@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantum_alpha_jax.data import features
 from quantum_alpha_jax.data import schema
+from quantum_alpha_jax.data import synthetic
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 
@@ -40,3 +42,17 @@ def shared_data() -> Path:
   if not SHARED_DATA.exists():
     pytest.skip(f'real sample data not found at {SHARED_DATA}')
   return SHARED_DATA
+
+
+@pytest.fixture(scope='session')
+def drifting_market() -> dict[str, pd.DataFrame]:
+  """Four weeks of a market whose regimes drift hard: the recent past predicts the next 2 hours.
+
+  Feature frames by symbol (2024-01-01 .. 2024-01-29); shared by the forecaster tests. Read-only.
+  """
+  parameters = synthetic.MarketParameters(annual_drift=(150.0, -150.0, 0.0),
+                                          annual_volatility=(0.3, 0.3, 0.3),
+                                          mean_dwell_hours=(24.0, 24.0, 24.0))
+  frames = synthetic.generate_market(('BTCUSDT', 'ETHUSDT'), start='2024-01-01', end='2024-01-29',
+                                     seed=4, parameters=parameters)
+  return {symbol: features.compute_features(frame) for symbol, frame in frames.items()}

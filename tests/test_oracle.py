@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import lstm as lstm_config
 from configs import oracle as oracle_config
-from quantum_alpha_jax.data import features
-from quantum_alpha_jax.data import synthetic
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.errors import ConfigError
+from quantum_alpha_jax.tasks import lstm
 from quantum_alpha_jax.tasks import oracle
 from quantum_alpha_jax.train import loop
+from tests import bar_signals_contract
 
 
 def _reference_probability_up(values, levels):
@@ -59,17 +61,6 @@ def test_pinball_matches_the_textbook_formula():
     np.testing.assert_allclose(got[..., q_index], expected, rtol=1e-6, atol=1e-7)
 
 
-@pytest.fixture(scope='module')
-def drifting_market():
-  """Four weeks of a market whose regimes drift hard: the recent past predicts the next 2 hours."""
-  parameters = synthetic.MarketParameters(annual_drift=(150.0, -150.0, 0.0),
-                                          annual_volatility=(0.3, 0.3, 0.3),
-                                          mean_dwell_hours=(24.0, 24.0, 24.0))
-  frames = synthetic.generate_market(('BTCUSDT', 'ETHUSDT'), start='2024-01-01', end='2024-01-29',
-                                     seed=4, parameters=parameters)
-  return {symbol: features.compute_features(frame) for symbol, frame in frames.items()}
-
-
 def _small_config():
   config = oracle_config.get_config('quick')
   config.model.update(encoder_length=24, decoder_length=6, hidden_size=16, num_heads=2,
@@ -78,6 +69,24 @@ def _small_config():
                       max_eval_batches=10)
   config.train.optimizer.update(learning_rate=5e-3, warmup_steps=10)
   return config
+
+
+def _lstm_config_like(config):
+  """The quick LSTM config on the windows and quantiles of the Oracle ``config``."""
+  result = lstm_config.get_config('quick')
+  for key in ('encoder_length', 'decoder_length', 'quantiles'):
+    result.model[key] = config.model[key]
+  return result
+
+
+def _key_paths(tree, prefix=''):
+  """Every key path of the nested dicts in ``tree`` (lists are leaves)."""
+  paths = set()
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      paths.add(f'{prefix}/{key}')
+      paths |= _key_paths(value, f'{prefix}/{key}')
+  return paths
 
 
 def test_targets_are_log_price_ratios_of_future_bars_only(drifting_market, tmp_path):
@@ -102,7 +111,8 @@ def test_quick_oracle_beats_zero_return_and_climatology_on_a_drifting_market(dri
             windows.Split('test', '2024-01-24', '2024-01-29')]
   data, _ = windows.make_datasets(drifting_market, oracle.window_spec(config), splits, 64,
                                   tmp_path / 'cache', num_devices=1, shard_index=0, shard_count=1)
-  result = loop.train_and_evaluate(config.train, task, data, tmp_path / 'run')
+  result = loop.train_and_evaluate(config.train, task, data, tmp_path / 'run',
+                                   run_config=config.to_dict())
   report = oracle.evaluate(task, result.params, data['test'], data['train'], tmp_path / 'test',
                            progress=False)
   baselines = report['baselines']
@@ -114,6 +124,24 @@ def test_quick_oracle_beats_zero_return_and_climatology_on_a_drifting_market(dri
   for name in ('forecast_fans', 'variable_importance', 'attention', 'direction_accuracy'):
     assert (tmp_path / 'test' / f'{name}.png').stat().st_size > 10_000
   json.dumps(report, allow_nan=False)  # JSON-ready, no NaN
+  # load() restores exactly the best params, and bar_signals keeps its contract.
+  loaded_task, loaded_params, loaded_config = oracle.load(tmp_path / 'run')
+  assert loaded_task == task and loaded_config.model.hidden_size == 16
+  assert jax.tree.all(jax.tree.map(np.array_equal, loaded_params, result.params))
+  bar_signals_contract.check(
+      oracle.bar_signals(task, result.params, data['test'], batch_size=64, progress=False),
+      task, result.params, data['test'], 64)
+  # The LSTM baseline's report (untrained here) has the same keys, bar the TFT's weights.
+  lstm_task = lstm.LSTMTask.from_config(_lstm_config_like(config))
+  lstm_params = lstm_task.init_params(jax.random.PRNGKey(0),
+                                      data['test'].source.gather(data['test'].source.anchors[:1]))
+  lstm_report = oracle.evaluate(lstm_task, lstm_params, data['test'], data['train'],
+                                tmp_path / 'lstm', max_windows=64, fan_windows=1,
+                                progress=False)
+  tft_only = ('/variable_importance/', '/plots/variable_importance', '/plots/attention')
+  paths = lambda report: {p for p in _key_paths(report) if not any(t in p for t in tft_only)}
+  assert paths(lstm_report) == paths(report) and len(paths(report)) > 100
+  assert lstm_report['variable_importance'] is None and report['variable_importance']['encoder']
 
 
 def test_bad_quantiles_are_a_config_error():

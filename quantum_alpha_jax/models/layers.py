@@ -474,3 +474,23 @@ class InterpretableMultiHeadAttention(nn.Module):
     outputs = nn.Dense(features, use_bias=False, name='output')(jnp.mean(heads, axis=-2))
     outputs = nn.Dropout(self.dropout_rate)(outputs, deterministic=deterministic)
     return outputs, jnp.mean(weights, axis=1)
+
+
+def check_window_inputs(encoder: jax.Array, decoder_known: jax.Array, symbol: jax.Array,
+                        encoder_length: int, decoder_length: int, num_observed: int,
+                        num_known: int) -> None:
+  """Raises ``ValueError`` unless ``encoder [batch, encoder_length, num_observed]`` is floating,
+  ``decoder_known`` is ``[batch, decoder_length, num_known]`` and ``symbol [batch]`` is integer."""
+  expected = {
+      'encoder': (encoder.shape[1:], (encoder_length, num_observed)),
+      'decoder_known': (decoder_known.shape[1:], (decoder_length, num_known)),
+  }
+  for name, (shape, wanted) in expected.items():
+    if tuple(shape) != wanted:
+      raise ValueError(f'{name} has shape [batch, {", ".join(map(str, shape))}], expected '
+                       f'[batch, {", ".join(map(str, wanted))}]')
+  if symbol.ndim != 1 or not jnp.issubdtype(symbol.dtype, jnp.integer):
+    raise ValueError(f'symbol must be an integer vector [batch], got {symbol.dtype} '
+                     f'{tuple(symbol.shape)}')
+  if not jnp.issubdtype(encoder.dtype, jnp.floating):
+    raise ValueError(f'encoder must be floating point, got {encoder.dtype}')

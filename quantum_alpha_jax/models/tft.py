@@ -76,7 +76,8 @@ class TemporalFusionTransformer(nn.Module):
     observed]``, ``decoder_variable_weights [batch, decoder, known]`` and
     ``static_variable_weights [batch, 1]``, each summing to 1 over its last axis.
     """
-    self._check_shapes(encoder, decoder_known, symbol)
+    layers.check_window_inputs(encoder, decoder_known, symbol, self.encoder_length,
+                               self.decoder_length, self.num_observed, self.num_known)
     dtype = encoder.dtype
     hidden = self.hidden_size
     batch = encoder.shape[0]
@@ -146,19 +147,3 @@ class TemporalFusionTransformer(nn.Module):
         'decoder_variable_weights': decoder_weights,
         'static_variable_weights': static_weights,
     }
-
-  def _check_shapes(self, encoder: jax.Array, decoder_known: jax.Array,
-                    symbol: jax.Array) -> None:
-    expected = {
-        'encoder': (encoder.shape[1:], (self.encoder_length, self.num_observed)),
-        'decoder_known': (decoder_known.shape[1:], (self.decoder_length, self.num_known)),
-    }
-    for name, (shape, wanted) in expected.items():
-      if tuple(shape) != wanted:
-        raise ValueError(f'{name} has shape [batch, {", ".join(map(str, shape))}], expected '
-                         f'[batch, {", ".join(map(str, wanted))}]')
-    if symbol.ndim != 1 or not jnp.issubdtype(symbol.dtype, jnp.integer):
-      raise ValueError(f'symbol must be an integer vector [batch], got {symbol.dtype} '
-                       f'{tuple(symbol.shape)}')
-    if not jnp.issubdtype(encoder.dtype, jnp.floating):
-      raise ValueError(f'encoder must be floating point, got {encoder.dtype}')

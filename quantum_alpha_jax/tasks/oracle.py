@@ -13,23 +13,33 @@ segment and clipped to [0, 1]. Then ``P(up) = 1 - F(0)``. With quantiles 0.1/0.5
 above zero, ``P(up) = 0.5 + 0.4 · q50 / (q50 - q10)`` while zero lies inside [q10, q50].
 
 Uncertainty. The width of the outermost interval, ``q_max - q_min`` (in log-return units).
+
+Any model that maps ``(encoder, decoder_known, symbol)`` to ``{'quantiles': [batch, H, Q], ...}``
+can stand in for the TFT: the LSTM baseline (``tasks/lstm.py``) subclasses :class:`OracleTask`
+and shares the loss, evaluation, ``run``, ``bar_signals`` and ``load`` defined here, so both land
+in the same ``results.json`` format.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import pathlib
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pandas as pd
 
+from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.data.features import KNOWN_FUTURE_FEATURES
 from quantum_alpha_jax.data.schema import KNOWN_SYMBOLS
 from quantum_alpha_jax.data.windows import SplitData
+from quantum_alpha_jax.data.windows import WindowSource
 from quantum_alpha_jax.data.windows import WindowSpec
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.evaluate import forecast
@@ -40,6 +50,18 @@ from quantum_alpha_jax.progress import Progress
 
 def window_spec(config: ml_collections.ConfigDict) -> WindowSpec:
   return WindowSpec(config.model.encoder_length, config.model.decoder_length)
+
+
+def check_quantiles(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """``config.model.quantiles`` as floats; a :class:`ConfigError` unless increasing, inside
+  (0, 1), with at least two levels and 0.5 among them."""
+  quantiles = tuple(float(q) for q in config.model.quantiles)
+  if (sorted(quantiles) != list(quantiles) or not all(0 < q < 1 for q in quantiles)
+      or 0.5 not in quantiles or len(quantiles) < 2):
+    raise ConfigError(describe(
+        'config.model.quantiles', f'{quantiles} must be increasing, inside (0, 1), and include '
+        '0.5', 'e.g. --config.model.quantiles="(0.1, 0.5, 0.9)"'))
+  return quantiles
 
 
 def cumulative_targets(future_returns: jax.Array) -> jax.Array:
@@ -72,19 +94,21 @@ def probability_up(quantile_values: jax.Array, quantiles: jax.Array) -> jax.Arra
 
 @dataclasses.dataclass(frozen=True)
 class OracleTask:
-  """The TFT on Oracle windows: ``loss_fn`` for the shared trainer, ``predict`` for evaluation."""
+  """The TFT on Oracle windows: ``loss_fn`` for the shared trainer, ``predict`` for evaluation.
+
+  Subclasses swap the model (any module called as ``model(encoder, decoder_known, symbol,
+  deterministic=...)`` that returns ``{'quantiles': ...}``) and set ``name`` and ``architecture``
+  (``config.model.architecture``; absent means the TFT).
+  """
 
   model: TemporalFusionTransformer
   target_scale: float = 100.0
+  name: ClassVar[str] = 'oracle'
+  architecture: ClassVar[str] = 'tft'
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> OracleTask:
-    quantiles = tuple(float(q) for q in config.model.quantiles)
-    if (sorted(quantiles) != list(quantiles) or not all(0 < q < 1 for q in quantiles)
-        or 0.5 not in quantiles or len(quantiles) < 2):
-      raise ConfigError(describe(
-          'config.model.quantiles', f'{quantiles} must be increasing, inside (0, 1), and include '
-          '0.5', 'e.g. --config.model.quantiles="(0.1, 0.5, 0.9)"'))
+    quantiles = check_quantiles(config)
     if config.model.hidden_size % config.model.num_heads:
       raise ConfigError(describe(
           'config.model', f'hidden_size {config.model.hidden_size} is not a multiple of num_heads '
@@ -150,6 +174,18 @@ class OracleTask:
             'uncertainty': values[..., -1] - values[..., 0]}
 
 
+# The batch entries a forecaster reads (the rest of a batch: targets, anchors, mask, ...).
+MODEL_INPUTS = ('encoder', 'decoder_known', 'symbol')
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def predict_batch(task: OracleTask, params: Any, inputs: Mapping[str, jax.Array]
+                  ) -> dict[str, jax.Array]:
+  """``task.predict`` on ``inputs`` (the :data:`MODEL_INPUTS` of a batch), compiled once per task
+  and batch size and shared by :func:`evaluate` and :func:`bar_signals`."""
+  return task.predict(params, inputs)
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation on a split, beside the naive baselines, and the pictures.
 
@@ -170,22 +206,24 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
              *, max_windows: int = 0, fan_windows: int = 4, progress: bool = True
              ) -> dict[str, Any]:
   """Forecasts every window of ``split``; returns metrics beside the baselines (JSON-ready) and
-  writes the fan chart, variable importance, attention and direction-accuracy PNGs."""
+  writes the fan chart and direction-accuracy PNGs, plus the variable importance and attention
+  PNGs when the model returns those weights (the TFT does; for other models the report's
+  ``variable_importance`` and ``attention_mean_by_key_position`` are ``None``)."""
   from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top
 
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  predict = jax.jit(task.predict)
   quantile_levels = task.quantiles
   collected = {name: [] for name in ('quantiles', 'p_up', 'targets', 'mask', 'anchor', 'symbol',
                                      'last_return')}
   attention_sum, encoder_weight_sum, decoder_weight_sum, count = 0.0, 0.0, 0.0, 0.0
+  interpretable = False
   batches = split.steps_per_epoch
   if max_windows > 0:
     batches = min(batches, -(-max_windows // split.dataset[0]['mask'].shape[0]))
   bar = Progress(batches, f'evaluate {split.split.name}', unit='batches') if progress else None
   for _, batch in zip(range(batches), split.iterator()):
-    outputs = jax.device_get(predict(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+    outputs = jax.device_get(predict_batch(task, params, {k: batch[k] for k in MODEL_INPUTS}))
     mask = batch['mask']
     collected['quantiles'].append(outputs['quantiles'])
     collected['p_up'].append(outputs['p_up'])
@@ -194,10 +232,14 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
     collected['anchor'].append(batch['anchor'])
     collected['symbol'].append(batch['symbol'])
     collected['last_return'].append(batch['encoder_returns'][:, -1])
-    weights = mask[:, None, None]
-    attention_sum = attention_sum + (outputs['attention'] * weights).sum(0)
-    encoder_weight_sum = encoder_weight_sum + (outputs['encoder_variable_weights'] * weights).sum((0, 1))
-    decoder_weight_sum = decoder_weight_sum + (outputs['decoder_variable_weights'] * weights).sum((0, 1))
+    interpretable = 'attention' in outputs
+    if interpretable:
+      weights = mask[:, None, None]
+      attention_sum = attention_sum + (outputs['attention'] * weights).sum(0)
+      encoder_weight_sum = encoder_weight_sum + (
+          outputs['encoder_variable_weights'] * weights).sum((0, 1))
+      decoder_weight_sum = decoder_weight_sum + (
+          outputs['decoder_variable_weights'] * weights).sum((0, 1))
     count += mask.sum()
     if bar:
       bar.update(1)
@@ -275,24 +317,26 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
       plots.window_titles([arrays.symbols[s] for s in data['symbol'][chosen]],
                           np.take(arrays.timestamp, anchors)),
       directory / 'forecast_fans.png'))
-  encoder_importance = encoder_weight_sum / max(count * spec.encoder_length, 1)
-  decoder_importance = decoder_weight_sum / max(count * horizon, 1)
-  pngs['variable_importance'] = str(plots.plot_variable_importance(
-      list(FEATURES), encoder_importance, directory / 'variable_importance.png',
-      'Encoder variable selection (mean weight over test windows)'))
-  attention = attention_sum / max(count, 1)
-  pngs['attention'] = str(plots.plot_attention(attention, spec.encoder_length,
-                                               directory / 'attention.png'))
+  report['variable_importance'] = report['attention_mean_by_key_position'] = None
+  if interpretable:
+    encoder_importance = encoder_weight_sum / max(count * spec.encoder_length, 1)
+    decoder_importance = decoder_weight_sum / max(count * horizon, 1)
+    pngs['variable_importance'] = str(plots.plot_variable_importance(
+        list(FEATURES), encoder_importance, directory / 'variable_importance.png',
+        'Encoder variable selection (mean weight over test windows)'))
+    attention = attention_sum / max(count, 1)
+    pngs['attention'] = str(plots.plot_attention(attention, spec.encoder_length,
+                                                 directory / 'attention.png'))
+    report['variable_importance'] = {
+        'encoder': dict(sorted(zip(FEATURES, map(float, encoder_importance)),
+                               key=lambda item: -item[1])),
+        'decoder': dict(zip(KNOWN_FUTURE_FEATURES, map(float, decoder_importance)))}
+    report['attention_mean_by_key_position'] = attention.mean(0).tolist()
   pngs['direction_accuracy'] = str(plots.plot_direction_accuracy(
       report['direction_accuracy_per_horizon'],
       {name: [p['accuracy'] for p in report['baselines'][name]['direction_accuracy_per_horizon']]
        for name in ('last_return_persistence', 'train_mean')},
       directory / 'direction_accuracy.png'))
-  report['variable_importance'] = {
-      'encoder': dict(sorted(zip(FEATURES, map(float, encoder_importance)),
-                             key=lambda item: -item[1])),
-      'decoder': dict(zip(KNOWN_FUTURE_FEATURES, map(float, decoder_importance)))}
-  report['attention_mean_by_key_position'] = attention.mean(0).tolist()
   report['plots'] = pngs
   report['windows'] = int(len(targets))
   report['target'] = 'cumulative log-return log(close[t+h]/close[t]), h = 1..horizon'
@@ -303,21 +347,36 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
 # The experiment: data → train → best checkpoint → test evaluation → results.json.
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains the Oracle described by ``config`` in ``workdir`` (resuming if it holds a run),
-  evaluates the best checkpoint on the validation and test splits and writes ``results.json``."""
+def check_architecture(config: ml_collections.ConfigDict, task_type: type[OracleTask],
+                       where: str = 'config') -> None:
+  """A :class:`ConfigError` unless ``config.model.architecture`` (absent: 'tft') is the task's."""
+  found = config.model.get('architecture', OracleTask.architecture)
+  if found != task_type.architecture:
+    raise ConfigError(describe(
+        where, f'describes a {found!r} model, not a {task_type.architecture!r} one '
+        f'({task_type.name})', "use that model's own config and loader"))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+        task_type: type[OracleTask] = OracleTask,
+        frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+  """Trains the ``task_type`` model described by ``config`` in ``workdir`` (resuming if it holds a
+  run), evaluates the best checkpoint on the validation and test splits and writes
+  ``results.json``. ``frames`` (feature frames by symbol) replace the store of ``config.data``."""
   from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import loop  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import writers  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
-  task = OracleTask.from_config(config)
+  check_architecture(config, task_type)
+  task = task_type.from_config(config)
   data, normalizer = data_lib.make_split_data(config.data, window_spec(config),
-                                              config.train.batch_size, config.train.seed)
+                                              config.train.batch_size, config.train.seed,
+                                              frames=frames)
   writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
   result = loop.train_and_evaluate(config.train, task, data, workdir, run_config=config.to_dict(),
                                    extra_record={'normalizer': normalizer.to_dict()})
-  results = {'model': 'oracle', 'workdir': str(workdir), 'train': result.summary,
+  results = {'model': task_type.name, 'workdir': str(workdir), 'train': result.summary,
              'validation': result.best_metrics}
   for name in config.evaluation.splits:
     if name not in data:
@@ -331,9 +390,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   return results
 
 
-def format_results(results: Mapping[str, Any]) -> str:
-  """A short table for people: the Oracle beside the baselines on each evaluated split."""
-  lines = [f'Oracle run in {results["workdir"]}: {results["train"]["steps"]} steps, best at '
+def format_results(results: Mapping[str, Any], title: str = 'Oracle') -> str:
+  """A short table for people: the model (``title``) beside the baselines on each split."""
+  lines = [f'{title} run in {results["workdir"]}: {results["train"]["steps"]} steps, best at '
            f'{results["train"]["best_step"]}, {results["train"]["samples_per_second"] or 0:.0f} '
            'samples/s']
   for split in ('validation', 'test'):
@@ -342,7 +401,7 @@ def format_results(results: Mapping[str, Any]) -> str:
       continue
     lines.append(f'\n{split} ({report["windows"]} windows)   pinball   q-risk P50  RMSE      R²       '
                  'direction (95% CI)')
-    rows = [('Oracle', report)] + list(report['baselines'].items())
+    rows = [(title, report)] + list(report['baselines'].items())
     for name, entry in rows:
       accuracy = entry.get('direction_accuracy') or {}
       interval = (f'{accuracy["accuracy"]:.4f} ({accuracy["low"]:.4f}–{accuracy["high"]:.4f})'
@@ -361,3 +420,78 @@ def format_results(results: Mapping[str, Any]) -> str:
                  f'{", ".join(report["plots"].values())}')
   lines.append(f'results: {results["results_json"]}')
   return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-bar signals for the ensemble, and loading a finished run.
+
+SIGNAL_COLUMNS = ('p_up', 'uncertainty', 'q50')
+
+
+def bar_signals(task: OracleTask, params: Any, split: SplitData | WindowSource, *,
+                batch_size: int = 1024, progress: bool = True) -> pd.DataFrame:
+  """One row per window anchor of ``split``: ``symbol``, ``timestamp`` (the anchor bar, UTC) and
+  the forecast of the cumulative log-return to the last horizon made at that bar: ``p_up``,
+  ``uncertainty`` (``q_max - q_min``) and ``q50`` (the median). Rows are ordered by symbol, then
+  time.
+
+  A row reads the encoder bars up to and including its anchor and the calendar (``hour``,
+  ``day_of_week``, ``is_trading_hour``) of the decoder bars; never a later price or volume.
+  Batches of ``batch_size`` windows run through one jitted forward pass (the last one padded).
+  """
+  source = getattr(split, 'source', split)
+  anchors = source.anchors
+  size = max(1, min(int(batch_size), len(anchors)))
+  median = list(task.model.quantiles).index(0.5)
+  count = math.ceil(len(anchors) / size)
+  bar = Progress(count, f'bar signals {source.name}', unit='batches') if progress else None
+  pending = []
+  for index in range(count):
+    chunk = anchors[index * size:(index + 1) * size]
+    padded = np.full(size, -1, np.int64)
+    padded[:len(chunk)] = chunk
+    batch = source.gather(padded)
+    # Dispatch is asynchronous: the next batch is gathered while this one computes.
+    outputs = predict_batch(task, params, {name: batch[name] for name in MODEL_INPUTS})
+    pending.append((len(chunk), jnp.stack([outputs['p_up'][:, -1], outputs['uncertainty'][:, -1],
+                                           outputs['quantiles'][:, -1, median]], -1)))
+    if bar:
+      bar.update(1)
+  if bar:
+    bar.close()
+  values = np.concatenate([np.asarray(jax.device_get(out))[:n] for n, out in pending])
+  arrays = source.arrays
+  frame = pd.DataFrame({
+      'symbol': np.asarray(arrays.symbols, dtype=object)[np.take(arrays.symbol, anchors)],
+      'timestamp': schema.to_timestamps(np.take(arrays.timestamp, anchors)),
+  })
+  for column, name in enumerate(SIGNAL_COLUMNS):
+    frame[name] = values[:, column].astype(np.float32)
+  return frame
+
+
+def example_batch(model: Any, size: int = 1) -> dict[str, np.ndarray]:
+  """Zero inputs of the right shapes for a window model (to build or check params)."""
+  return {'encoder': np.zeros((size, model.encoder_length, model.num_observed), np.float32),
+          'decoder_known': np.zeros((size, model.decoder_length, model.num_known), np.float32),
+          'symbol': np.zeros((size,), np.int32)}
+
+
+def load_run(workdir: str | pathlib.Path, task_type: type[OracleTask] = OracleTask
+             ) -> tuple[OracleTask, Any, ml_collections.ConfigDict]:
+  """Rebuilds the ``task_type`` task from the run's saved config and restores the params of its
+  best checkpoint from ``workdir/checkpoints``; returns ``(task, params, config)``."""
+  from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+
+  params, record = checkpoint_lib.load_best(workdir)
+  config = ml_collections.ConfigDict(record['config'])
+  check_architecture(config, task_type, f'{workdir} (saved config)')
+  task = task_type.from_config(config)
+  expected = jax.eval_shape(task.init_params, jax.random.PRNGKey(0), example_batch(task.model))
+  checkpoint_lib.check_structure(params, expected, str(workdir))
+  return task, params, config
+
+
+def load(workdir: str | pathlib.Path) -> tuple[OracleTask, Any, ml_collections.ConfigDict]:
+  """The Oracle of a finished (or running) ``experiments.oracle`` run: ``(task, params, config)``."""
+  return load_run(workdir, OracleTask)

@@ -1,0 +1,332 @@
+"""Exportable inference functions: what each model computes at serving time, by model name.
+
+An :class:`InferenceFunction` is ``apply(params, *inputs) -> {output: array}`` with named
+:class:`TensorSpec` inputs and outputs whose leading dimension is the (symbolic) batch, plus the
+params and the JSON metadata that travels with the exported file. :data:`MODELS` maps a model name
+to the task module whose ``load(workdir) -> (task, params, config)`` restores a run, and to a
+builder ``(task, params, config, record) -> InferenceFunction``.
+
+The models:
+
+- ``oracle`` (the TFT) and ``lstm`` (the LSTM baseline): the Oracle's normalised windows
+  (``encoder``, ``decoder_known``, ``symbol``) → the sorted quantiles of the cumulative log-return
+  per horizon, ``p_up`` and ``uncertainty``.
+- ``guardian`` (the contrastive β-VAE): a normalised window ``encoder`` → ``latent`` (the posterior
+  mean), ``regime_probabilities`` (bull, bear, sideways) and ``risk_score`` (annualised volatility).
+- ``strategist`` (the Decision Transformer): a context of K steps (``rtg``, ``states``,
+  ``actions``, ``sizes``, ``timesteps``) → ``action_logits`` (hold, buy, sell) and ``size`` per step
+  (teacher-forced; the decision is the last step's).
+
+Adding a model is one builder and one table row: a function of ``(task, params, config, record)``
+that closes over the task's deterministic forward pass, e.g.::
+
+  def _my_model(task, params, config, record):
+    def apply(params, encoder):
+      return {'score': task.predict(params, encoder)['score']}
+    return InferenceFunction(
+        'my_model', apply, params,
+        inputs=(TensorSpec('encoder', (None, 60, len(FEATURES)), 'float32'),),
+        outputs=(TensorSpec('score', (None,), 'float32'),),
+        metadata=_metadata('my_model', config, record, 'encoder: ...'),
+        real_inputs=_window_inputs(config, record, spec, ('encoder',)))
+
+  MODELS['my_model'] = ModelEntry('quantum_alpha_jax.tasks.my_model', _my_model)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from quantum_alpha_jax.data.features import FEATURES
+from quantum_alpha_jax.data.features import KNOWN_FUTURE_FEATURES
+from quantum_alpha_jax.errors import ConfigError, SchemaError, describe
+from quantum_alpha_jax.tasks import oracle as oracle_task
+
+METADATA_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+  """A named input or output: ``shape`` with ``None`` for the batch dimension, a numpy dtype name,
+  and for integer inputs the exclusive upper bound ``high`` of valid values (ids, indices)."""
+
+  name: str
+  shape: tuple[int | None, ...]
+  dtype: str
+  high: int | None = None
+
+  def to_dict(self) -> dict[str, Any]:
+    entry = {'name': self.name, 'shape': ['batch' if d is None else int(d) for d in self.shape],
+             'dtype': self.dtype}
+    if self.high is not None:
+      entry['high'] = int(self.high)
+    return entry
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceFunction:
+  """A model ready to export: ``apply(params, *inputs) -> {output name: array}``.
+
+  ``real_inputs(batch)``, when given, returns ``batch`` real input examples (e.g. store windows)
+  as a tuple ordered like ``inputs``; the parity checks use them beside random inputs.
+  """
+
+  name: str
+  apply: Callable[..., Mapping[str, jax.Array]]
+  params: Any
+  inputs: tuple[TensorSpec, ...]
+  outputs: tuple[TensorSpec, ...]
+  metadata: Mapping[str, Any]
+  real_inputs: Callable[[int], tuple[np.ndarray, ...]] | None = None
+
+  def __call__(self, *inputs: Any) -> dict[str, jax.Array]:
+    return dict(self.jitted(self.params, *inputs))
+
+  @functools.cached_property
+  def jitted(self) -> Callable[..., Mapping[str, jax.Array]]:
+    """``jax.jit(apply)``, compiled once per input shape for this function."""
+    return jax.jit(self.apply)
+
+  @property
+  def input_names(self) -> list[str]:
+    return [spec.name for spec in self.inputs]
+
+  @property
+  def output_names(self) -> list[str]:
+    return [spec.name for spec in self.outputs]
+
+  def random_inputs(self, batch: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Standard-normal floats and uniform integers in ``[0, high)``, one array per input."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in self.inputs:
+      shape = (batch,) + tuple(spec.shape[1:])
+      if np.issubdtype(np.dtype(spec.dtype), np.integer):
+        arrays.append(rng.integers(0, spec.high or 1, size=shape).astype(spec.dtype))
+      else:
+        arrays.append(rng.standard_normal(shape).astype(spec.dtype))
+    return tuple(arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+  """Where a model's runs are loaded from and how its inference function is built."""
+
+  task_module: str  # a module with load(workdir) -> (task, params, config)
+  build: Callable[[Any, Any, ml_collections.ConfigDict, Mapping[str, Any]], InferenceFunction]
+
+
+def _metadata(name: str, config: ml_collections.ConfigDict, record: Mapping[str, Any],
+              input_layout: str) -> dict[str, Any]:
+  """What a deployment must know to feed the model: feature order, normaliser, layout, config."""
+  normalizer = record.get('normalizer')
+  return {
+      'format': METADATA_FORMAT,
+      'model': name,
+      'feature_names': list(normalizer['features'] if normalizer else FEATURES),
+      'known_future_features': list(KNOWN_FUTURE_FEATURES),
+      'normalizer': normalizer,
+      'input_layout': input_layout,
+      'best_step': record.get('best_step'),
+      'config': config.to_dict(),
+  }
+
+
+def _evenly_spaced(count: int, batch: int) -> np.ndarray:
+  return np.linspace(0, count - 1, batch).astype(np.int64)
+
+
+def _held_out(data: Mapping[str, Any]) -> Any:
+  return data['test'] if 'test' in data else data['validation']
+
+
+def _window_inputs(config: ml_collections.ConfigDict, record: Mapping[str, Any], spec: Any,
+                   names: Sequence[str]) -> Callable[[int], tuple[np.ndarray, ...]]:
+  """``batch -> inputs``: windows (``spec``, a WindowSpec) of the run's test split (validation if
+  it has none), evenly spaced, read from the store of ``config.data`` with the run's normaliser."""
+
+  def read(batch: int) -> tuple[np.ndarray, ...]:
+    from quantum_alpha_jax.data import windows  # pylint: disable=g-import-not-at-top
+    from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+    normalizer = windows.Normalizer.from_dict(record['normalizer'])
+    data, _ = data_lib.make_split_data(config.data, spec, 1, config.train.seed,
+                                       normalizer=normalizer)
+    source = _held_out(data).source
+    gathered = source.gather(source.anchors[_evenly_spaced(len(source.anchors), batch)])
+    return tuple(gathered[name] for name in names)
+
+  return read
+
+
+_FORECASTER_LAYOUT = (
+    'encoder [batch, encoder_length, 44]: the window of the last encoder_length bars, anchor bar '
+    'last, features in feature_names order, made stationary relative to the anchor bar and '
+    'z-scored with the normalizer (data/windows.py Normalizer.apply); decoder_known [batch, '
+    'decoder_length, 3]: the known_future_features of the next decoder_length bars, normalised '
+    'the same way; symbol [batch] int32: index of the symbol in the sorted symbols of the run\'s '
+    'store. Outputs are in log-return units: quantiles of log(close[t+h]/close[t]) sorted per '
+    'horizon, p_up = P(that > 0), uncertainty = q_max - q_min.')
+
+
+def quantile_forecaster(name: str) -> Callable[..., InferenceFunction]:
+  """The builder for the Oracle's window forecasters (the TFT and the LSTM baseline)."""
+
+  def build(task: Any, params: Any, config: ml_collections.ConfigDict,
+            record: Mapping[str, Any]) -> InferenceFunction:
+    model = task.model
+    horizon, levels = model.decoder_length, len(model.quantiles)
+
+    def apply(params: Any, encoder: jax.Array, decoder_known: jax.Array, symbol: jax.Array
+              ) -> dict[str, jax.Array]:
+      outputs = task.predict(params, {'encoder': encoder, 'decoder_known': decoder_known,
+                                      'symbol': symbol})
+      return {key: outputs[key] for key in ('quantiles', 'p_up', 'uncertainty')}
+
+    metadata = _metadata(name, config, record, _FORECASTER_LAYOUT)
+    metadata['quantiles'] = [float(q) for q in model.quantiles]
+    return InferenceFunction(
+        name, apply, params,
+        inputs=(TensorSpec('encoder', (None, model.encoder_length, model.num_observed), 'float32'),
+                TensorSpec('decoder_known', (None, horizon, model.num_known), 'float32'),
+                TensorSpec('symbol', (None,), 'int32', high=model.num_symbols)),
+        outputs=(TensorSpec('quantiles', (None, horizon, levels), 'float32'),
+                 TensorSpec('p_up', (None, horizon), 'float32'),
+                 TensorSpec('uncertainty', (None, horizon), 'float32')),
+        metadata=metadata,
+        real_inputs=(_window_inputs(config, record, oracle_task.window_spec(config),
+                                    ('encoder', 'decoder_known', 'symbol'))
+                     if record.get('normalizer') else None))
+
+  return build
+
+
+def guardian(task: Any, params: Any, config: ml_collections.ConfigDict,
+             record: Mapping[str, Any]) -> InferenceFunction:
+  """The Guardian's deployed path (``task.predict``): window → latent, regimes, risk."""
+  from quantum_alpha_jax.data.schema import REGIMES  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import guardian as guardian_task  # pylint: disable=g-import-not-at-top
+  model = task.model
+
+  def apply(params: Any, encoder: jax.Array) -> dict[str, jax.Array]:
+    outputs = task.predict(params, encoder)
+    return {key: outputs[key] for key in ('latent', 'regime_probabilities', 'risk_score')}
+
+  metadata = _metadata('guardian', config, record, (
+      f'encoder [batch, {model.window}, {model.num_features}]: the last {model.window} bars, '
+      'anchor last, features in feature_names order, normalised with the normalizer like the '
+      "Oracle's encoder. Outputs: latent (posterior mean), regime_probabilities over "
+      f'{list(REGIMES)}, risk_score (predicted annualised volatility; risk level thresholds in '
+      'risk_thresholds).'))
+  metadata['regimes'] = list(REGIMES)
+  metadata['risk_thresholds'] = [float(value) for value in task.risk_thresholds]
+  return InferenceFunction(
+      'guardian', apply, params,
+      inputs=(TensorSpec('encoder', (None, model.window, model.num_features), 'float32'),),
+      outputs=(TensorSpec('latent', (None, model.latent_dim), 'float32'),
+               TensorSpec('regime_probabilities', (None, len(REGIMES)), 'float32'),
+               TensorSpec('risk_score', (None,), 'float32')),
+      metadata=metadata,
+      real_inputs=(_window_inputs(config, record, guardian_task.window_spec(config), ('encoder',))
+                   if record.get('normalizer') else None))
+
+
+STRATEGIST_INPUTS = ('rtg', 'states', 'actions', 'sizes', 'timesteps')
+
+
+def strategist(task: Any, params: Any, config: ml_collections.ConfigDict,
+               record: Mapping[str, Any]) -> InferenceFunction:
+  """The Decision Transformer over a full context (teacher-forced): per-step action logits, size."""
+  from quantum_alpha_jax.data import trajectories  # pylint: disable=g-import-not-at-top
+  model = task.model
+  steps = model.context_length
+
+  def apply(params: Any, *inputs: jax.Array) -> dict[str, jax.Array]:
+    outputs = task.apply(params, dict(zip(STRATEGIST_INPUTS, inputs)))
+    return {'action_logits': outputs['action_logits'], 'size': outputs['size']}
+
+  def real_inputs(batch: int) -> tuple[np.ndarray, ...]:
+    from quantum_alpha_jax.tasks import strategist as strategist_task  # pylint: disable=g-import-not-at-top
+    data, _ = strategist_task.make_data(config, normalizer=task.normalizer)
+    source = _held_out(data).source
+    gathered = source.gather(_evenly_spaced(len(source), batch))
+    return tuple(gathered[name] for name in STRATEGIST_INPUTS)
+
+  metadata = _metadata('strategist', config, record, (
+      f'A context of K = {steps} steps, oldest first: rtg [batch, K] the scaled return-to-go '
+      f'tokens; states [batch, K, {model.state_size}] the bar features in feature_names order '
+      'normalised one bar at a time with the normalizer, plus the position held into the '
+      'decision; actions [batch, K] int32 (hold, buy, sell) and sizes [batch, K] of the previous '
+      'decisions; timesteps [batch, K] int32 0..K-1. The decision is read off the last step: '
+      'argmax action_logits and size.'))
+  metadata['actions'] = list(trajectories.ACTIONS)
+  metadata['target_return'] = task.target_return
+  return InferenceFunction(
+      'strategist', apply, params,
+      inputs=(TensorSpec('rtg', (None, steps), 'float32'),
+              TensorSpec('states', (None, steps, model.state_size), 'float32'),
+              TensorSpec('actions', (None, steps), 'int32', high=model.num_actions),
+              TensorSpec('sizes', (None, steps), 'float32'),
+              TensorSpec('timesteps', (None, steps), 'int32', high=model.max_timestep)),
+      outputs=(TensorSpec('action_logits', (None, steps, model.num_actions), 'float32'),
+               TensorSpec('size', (None, steps), 'float32')),
+      metadata=metadata,
+      real_inputs=real_inputs if task.normalizer is not None else None)
+
+
+MODELS: dict[str, ModelEntry] = {
+    'oracle': ModelEntry('quantum_alpha_jax.tasks.oracle', quantile_forecaster('oracle')),
+    'lstm': ModelEntry('quantum_alpha_jax.tasks.lstm', quantile_forecaster('lstm')),
+    'guardian': ModelEntry('quantum_alpha_jax.tasks.guardian', guardian),
+    'strategist': ModelEntry('quantum_alpha_jax.tasks.strategist', strategist),
+}
+
+
+def read_record(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """The latest JSON record of the run in ``workdir`` (config, best step, normaliser)."""
+  from quantum_alpha_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  checkpoints = checkpoint.Checkpoints(pathlib.Path(workdir) / 'checkpoints', read_only=True)
+  try:
+    return checkpoints.read_record()
+  finally:
+    checkpoints.close()
+
+
+def load_inference(name: str, workdir: str | pathlib.Path) -> InferenceFunction:
+  """The inference function of model ``name`` from its training run in ``workdir``."""
+  if name not in MODELS:
+    raise ConfigError(describe('export', f'no exporter for model {name!r}',
+                               f'known models: {sorted(MODELS)} (export/inference.py MODELS)'))
+  entry = MODELS[name]
+  task, params, config = importlib.import_module(entry.task_module).load(workdir)
+  inference = entry.build(task, params, config, read_record(workdir))
+  return dataclasses.replace(inference, metadata={
+      **inference.metadata, 'source_workdir': str(pathlib.Path(workdir).resolve())})
+
+
+def check_feature_names(found: Sequence[str] | None, expected: Sequence[str], where: str) -> None:
+  """Raises :class:`SchemaError` unless the model's feature order ``found`` is ``expected``."""
+  if found is None:
+    raise SchemaError(describe(where, 'carries no feature_names metadata',
+                               'export it with experiments.export, which writes them'))
+  found, expected = list(found), list(expected)
+  if found == expected:
+    return
+  if sorted(found) == sorted(expected):
+    position = next(i for i, (a, b) in enumerate(zip(found, expected)) if a != b)
+    problem = (f'features are in another order: position {position} is {found[position]!r} in '
+               f'the model, {expected[position]!r} in the caller')
+  else:
+    missing = [name for name in expected if name not in found]
+    extra = [name for name in found if name not in expected]
+    problem = (f'the model was trained on other features (model lacks {missing[:5]}, has extra '
+               f'{extra[:5]}; {len(found)} vs {len(expected)} features)')
+  raise SchemaError(describe(where, problem, 'build the inputs in the feature_names order stored '
+                             'in the model metadata, or re-export a model trained on your features'))

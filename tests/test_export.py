@@ -1,0 +1,244 @@
+"""ONNX and SavedModel export of the forecasters: parity with JAX (random and real windows, batch 1
+and 7), the feature-order metadata check, and the export run with its manifest.
+
+The export backends are an optional extra (pip install -e '.[export]'); the tests that need one
+skip without it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import export as export_config
+from configs import lstm as lstm_config
+from configs import oracle as oracle_config
+from quantum_alpha_jax.data import store
+from quantum_alpha_jax.data import windows
+from quantum_alpha_jax.data.features import FEATURES
+from quantum_alpha_jax.errors import ConfigError, SchemaError
+from quantum_alpha_jax.export import ExportError
+from quantum_alpha_jax.export import inference as inference_lib
+from quantum_alpha_jax.export import pipeline
+from quantum_alpha_jax.export import require
+from quantum_alpha_jax.tasks import lstm
+from quantum_alpha_jax.tasks import oracle
+
+TOLERANCE = 1e-4
+SPLITS = {'train': ('2024-01-01', '2024-01-20'), 'validation': ('2024-01-20', '2024-01-24'),
+          'test': ('2024-01-24', '2024-01-29')}
+
+
+def _onnx_backends():
+  pytest.importorskip('jax2onnx')
+  pytest.importorskip('onnxruntime')
+  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  return onnx_lib
+
+
+def _saved_model_backend():
+  pytest.importorskip('tensorflow')
+  from quantum_alpha_jax.export import saved_model  # pylint: disable=g-import-not-at-top
+  return saved_model
+
+
+def _tiny(config):
+  config.data.splits.update(SPLITS)
+  config.model.update(encoder_length=24, decoder_length=6, dropout_rate=0.0)
+  return config
+
+
+def _random_params(task, example=None, scale=0.3):
+  """Params of the task's shapes, drawn at random (parity needs no training, and skipping the
+  jitted init keeps the test fast)."""
+  example = oracle.example_batch(task.model) if example is None else example
+  shapes = jax.eval_shape(task.init_params, jax.random.PRNGKey(0), example)
+  leaves, tree = jax.tree.flatten(shapes)
+  rng = np.random.default_rng(0)
+  return jax.tree.unflatten(tree, [(scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+                                   for leaf in leaves])
+
+
+@pytest.fixture(scope='module')
+def forecasters(drifting_market, tmp_path_factory):
+  """The TFT and the LSTM as inference functions, with test windows of the drifting market."""
+  tft_config = _tiny(oracle_config.get_config('quick'))
+  tft_config.model.update(hidden_size=8, num_heads=2, hidden_continuous_size=2)
+  lstm_cfg = _tiny(lstm_config.get_config('quick'))
+  lstm_cfg.model.hidden_size = 8
+  data, normalizer = windows.make_datasets(
+      drifting_market, oracle.window_spec(tft_config), windows.splits_from_config(SPLITS), 8,
+      tmp_path_factory.mktemp('cache'), num_devices=1, shard_index=0, shard_count=1)
+  source = data['test'].source
+  real = source.gather(source.anchors[np.linspace(0, len(source.anchors) - 1, 7).astype(int)])
+  record = {'normalizer': normalizer.to_dict(), 'best_step': 0}
+  result = {}
+  for name, task_type, config in (('oracle', oracle.OracleTask, tft_config),
+                                  ('lstm', lstm.LSTMTask, lstm_cfg)):
+    task = task_type.from_config(config)
+    inference = inference_lib.MODELS[name].build(task, _random_params(task), config, record)
+    result[name] = (inference, tuple(real[k] for k in inference.input_names))
+  return result
+
+
+def test_require_names_the_extra():
+  with pytest.raises(ExportError, match=r"pip install -e '\.\[export\]'"):
+    require('quantum_alpha_jax_no_such_backend')
+
+
+def test_inference_function_is_the_task_forecast(forecasters):
+  inference, real = forecasters['lstm']
+  outputs = inference(*real)
+  assert inference.input_names == ['encoder', 'decoder_known', 'symbol']
+  assert {name: outputs[name].shape for name in inference.output_names} == {
+      'quantiles': (7, 6, 3), 'p_up': (7, 6), 'uncertainty': (7, 6)}
+  assert np.all(np.diff(np.asarray(outputs['quantiles']), axis=-1) >= 0)  # sorted per horizon
+  random = inference.random_inputs(5)
+  assert [a.shape for a in random] == [(5, 24, 44), (5, 6, 3), (5,)]
+  assert random[2].dtype == np.int32 and set(np.unique(random[2])) <= {0, 1}
+
+
+@pytest.mark.parametrize('name', ['oracle', 'lstm'])
+def test_onnx_matches_jax_on_random_and_real_windows(forecasters, name, tmp_path):
+  onnx_lib = _onnx_backends()
+  inference, real = forecasters[name]
+  path = onnx_lib.export_onnx(inference, tmp_path / f'{name}.onnx')
+  session = onnx_lib.session(path)
+  assert [(i.name, i.shape) for i in session.get_inputs()] == [
+      ('encoder', ['batch', 24, 44]), ('decoder_known', ['batch', 6, 3]), ('symbol', ['batch'])]
+  assert [o.name for o in session.get_outputs()] == ['quantiles', 'p_up', 'uncertainty']
+  report = pipeline.parity(inference, onnx_lib.runner(path, inference), batch_sizes=(1, 7),
+                           real=real)
+  assert set(report['random']) == set(report['real']) == {'1', '7'}
+  assert report['max_abs_diff'] <= TOLERANCE, report
+  # Real windows are not all alike: the check is not comparing constants.
+  assert np.ptp(np.asarray(inference(*real)['p_up'])) > 1e-3
+
+
+@pytest.mark.parametrize('name', ['guardian', 'strategist'])
+def test_onnx_matches_jax_for_the_guardian_and_strategist(forecasters, name, tmp_path):
+  onnx_lib = _onnx_backends()
+  from configs import guardian as guardian_config  # pylint: disable=g-import-not-at-top
+  from configs import strategist as strategist_config  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
+  real = None
+  if name == 'guardian':
+    config = guardian_config.get_config('quick')
+    config.model.window = config.labels.lookback = 24  # the fixture's windows
+    task = guardian.GuardianTask.from_config(config, risk_thresholds=(0.3, 0.6))
+    example = {'encoder': np.zeros((1, 24, len(FEATURES)), np.float32)}
+    real = forecasters['oracle'][1][:1]  # store windows: the encoder
+  else:
+    config = strategist_config.get_config('quick')
+    task = strategist.StrategistTask.from_config(config)
+    example = strategist.example_batch(task)
+  inference = inference_lib.MODELS[name].build(task, _random_params(task, example), config, {})
+  path = onnx_lib.export_onnx(inference, tmp_path / f'{name}.onnx')
+  report = pipeline.parity(inference, onnx_lib.runner(path, inference), batch_sizes=(1, 7),
+                           real=real)
+  assert report['max_abs_diff'] <= TOLERANCE, report
+  assert onnx_lib.check_metadata(path, FEATURES)['model'] == name
+
+
+def test_onnx_metadata_carries_the_feature_order_and_refuses_another(forecasters, tmp_path):
+  onnx_lib = _onnx_backends()
+  inference, _ = forecasters['lstm']
+  path = onnx_lib.export_onnx(inference, tmp_path / 'lstm.onnx')
+  metadata = onnx_lib.check_metadata(path, FEATURES)
+  assert metadata['model'] == 'lstm' and metadata['feature_names'] == list(FEATURES)
+  assert len(metadata['normalizer']['mean']) == len(FEATURES)
+  assert metadata['config']['model']['architecture'] == 'lstm'
+  assert metadata['inputs'][0] == {'name': 'encoder', 'shape': ['batch', 24, 44],
+                                   'dtype': 'float32'}
+  swapped = list(FEATURES)
+  swapped[3], swapped[7] = swapped[7], swapped[3]
+  with pytest.raises(SchemaError, match=f'position 3 is {FEATURES[3]!r} in the model'):
+    onnx_lib.check_metadata(path, swapped)
+  with pytest.raises(SchemaError, match='trained on other features'):
+    onnx_lib.check_metadata(path, list(FEATURES[:-1]))
+  with pytest.raises(ExportError, match='no such ONNX file'):
+    onnx_lib.check_metadata(tmp_path / 'missing.onnx', FEATURES)
+
+
+@pytest.mark.parametrize('name', ['oracle', 'lstm'])
+def test_saved_model_serving_signature_matches_jax(forecasters, name, tmp_path):
+  saved_model = _saved_model_backend()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  inference, real = forecasters[name]
+  directory = saved_model.export_saved_model(inference, tmp_path / name)
+  signature = tf.saved_model.load(str(directory)).signatures['serving_default']
+  _, inputs = signature.structured_input_signature
+  assert {k: v.shape.as_list() for k, v in inputs.items()} == {
+      'encoder': [None, 24, 44], 'decoder_known': [None, 6, 3], 'symbol': [None]}
+  assert sorted(signature.structured_outputs) == ['p_up', 'quantiles', 'uncertainty']
+  report = pipeline.parity(inference, saved_model.runner(directory, inference),
+                           batch_sizes=(1, 7), real=real)
+  assert report['max_abs_diff'] <= TOLERANCE, report
+  assert saved_model.check_metadata(directory, FEATURES)['model'] == name
+  with pytest.raises(SchemaError, match='another order'):
+    saved_model.check_metadata(directory, FEATURES[::-1])
+
+
+def test_export_run_writes_files_and_manifest(drifting_market, tmp_path):
+  _onnx_backends()
+  formats = ('onnx', 'saved_model')
+  try:
+    _saved_model_backend()
+  except pytest.skip.Exception:
+    formats = ('onnx',)
+  # A real (two-step) LSTM run on a store, as experiments.lstm leaves it.
+  store.write_store(tmp_path / 'store', drifting_market)
+  config = _tiny(lstm_config.get_config('quick'))
+  config.data.store_dir = str(tmp_path / 'store')
+  config.model.hidden_size = 8
+  config.train.update(batch_size=32, num_steps=2, eval_every_steps=2, max_eval_batches=1)
+  config.evaluation.splits = ()
+  lstm.run(config, tmp_path / 'lstm')
+
+  export = export_config.get_config('quick')
+  export.models.update(oracle='', lstm=str(tmp_path / 'lstm'), guardian='',
+                       strategist=str(tmp_path / 'not-trained'))
+  export.formats = formats
+  manifest = pipeline.run(export, tmp_path / 'export')
+  written = json.loads((tmp_path / 'export' / 'manifest.json').read_text())
+  assert written['models'].keys() == {'lstm'}
+  assert written['skipped'] == {'oracle': 'no workdir given', 'guardian': 'no workdir given',
+                                'strategist': f'no training run in {tmp_path / "not-trained"}'}
+  entry = manifest['models']['lstm']
+  onnx_file = tmp_path / 'export' / entry['files']['onnx']['path']
+  assert onnx_file == tmp_path / 'export' / 'onnx' / 'lstm.onnx'
+  assert entry['files']['onnx']['sha256'] == store.sha256_file(onnx_file)
+  for kind in formats:
+    assert set(entry['parity'][kind]) == {'random', 'real', 'max_abs_diff'}
+    assert entry['parity'][kind]['max_abs_diff'] <= TOLERANCE
+  if 'saved_model' in formats:
+    files = entry['files']['saved_model']['files']
+    assert 'saved_model.pb' in files and 'assets.extra/metadata.json' in files
+  saved = lstm.load(tmp_path / 'lstm')[2]
+  assert entry['feature_names'] == list(FEATURES)
+  assert entry['normalizer'] == json.loads((tmp_path / 'lstm' / 'normalizer.json').read_text())
+  assert entry['source']['best_step'] == 2 and entry['source']['run_name'] == saved.name
+  assert 'lstm' in pipeline.format_summary(manifest)
+
+  export.models.lstm = ''
+  with pytest.raises(ConfigError, match='no model to export'):
+    pipeline.run(export, tmp_path / 'export')
+  export.skip_missing = False
+  with pytest.raises(ConfigError, match='not-trained holds no training run'):
+    pipeline.run(export, tmp_path / 'export')
+  export.models.update(lstm=str(tmp_path / 'lstm'), strategist='')
+  export.formats = ('pickle',)
+  with pytest.raises(ConfigError, match='config.formats'):
+    pipeline.run(export, tmp_path / 'export')
+
+
+def test_unknown_model_is_a_config_error():
+  config = ml_collections.ConfigDict({'models': {'prophet': '/tmp'}, 'formats': ('onnx',),
+                                      'parity': {'batch_sizes': (1,)}})
+  with pytest.raises(ConfigError, match='no exporter'):
+    pipeline.run(config, '/tmp/unused')
