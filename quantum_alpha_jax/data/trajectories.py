@@ -1,0 +1,574 @@
+"""Offline trajectories for the Strategist (Decision Transformer): behaviour episodes on the bars of
+a split, their fee-aware rewards and returns-to-go, and a Grain source over them.
+
+Episode. ``L = episode_length`` consecutive bars of one symbol and segment, rows ``r .. r+L-1``,
+plus the bar before (``r-1``, whose close decides the position held into the episode) and the bar
+after (``r+L``, which pays the last decision). Step ``t`` decides at the CLOSE of bar ``r+t``:
+
+- state ``s_t = [z(features of bar r+t), p_{t-1}]`` (45 values): the 44 features normalised as in
+  :meth:`windows.WindowSource.gather` with a one-bar window, i.e. each bar relative to itself
+  (prices as ``log(x / close)``, volumes as ``log(v / volume_ma)``, OBV 0) and z-scored with
+  statistics of the training split (:func:`fit_normalizer`), plus the position ``p_{t-1}`` held
+  into the decision. A bar's state uses that bar alone, so token ``t`` never sees a later bar (a
+  window normalised to its LAST bar would leak the future into the earlier tokens).
+- action ``a_t`` ∈ ``ACTIONS = (hold, buy, sell)`` = (0, 1, 2) and size ``σ_t`` ∈ [0, 1] give the
+  target position ``p_t`` (a fraction of equity): hold keeps ``p_{t-1}``; buy goes long ``σ_t``
+  (also re-sizing an existing long); sell goes flat, or short ``-σ_t`` with ``allow_short``.
+  Actions are canonical: a step whose position does not change is a hold, so
+  ``a_t = hold if p_t = p_{t-1}, buy if p_t > 0, sell otherwise`` and ``σ_t = |p_t|``
+  (:func:`actions_from_positions` / :func:`next_position` are inverse).
+- reward ``ρ_t = reward_scale · log(E_{t+1} / E_t)`` with ``E_t`` the equity at the close of bar
+  ``r+t`` from the backtest engine (``backtest.engine.simulate_batch``: ``p_t`` fills at the open of
+  bar ``r+t+1`` paying the fee (0.1%) and slippage on the traded notional, weights drift between
+  changes). ``Σ ρ_t`` is the episode's log-return after costs.
+- returns-to-go ``R_t = Σ_{j=t}^{L-1} γ^{j-t} ρ_j`` (γ = ``discount``); the model's return token is
+  ``rtg_scale · R_t`` (1000: units of 0.1%, so a 1% episode is 10).
+
+The initial position ``p_{-1}`` is flat with probability ``initial_flat_probability``, else the
+episode's size (long, or short with ``allow_short``); it is bought at the open of bar ``r`` from
+bar ``r-1``'s decision, outside the episode's rewards, as if held from earlier. A policy rolled out
+over consecutive episodes therefore starts each one from the position the previous one left.
+
+Behaviour policies (each episode follows one, drawn with ``policy_weights``; oracle, trend and
+mean-reversion positions are levels in {-1, 0, 1} times the episode's size from ``sizes``):
+
+- ``oracle``: hindsight-optimal levels for the episode's realised next-bar log-returns
+  ``g_t = log(c_{r+t+1} / c_{r+t})`` plus ``noise · std(g) · N(0, 1)`` (one level of
+  ``oracle_noise`` per episode; 0 is the exact hindsight oracle): maximise
+  ``Σ_t ℓ_t g̃_t - cost · Σ_t |ℓ_t - ℓ_{t-1}|`` by dynamic programming, ``cost`` = fee + slippage.
+- ``trend``: long while ``EMA_12 > EMA_26`` and ``close > SMA_50``; out (or short) while both say
+  down; otherwise keep.
+- ``mean_reversion``: long when ``RSI_14 < 30``; out (or short) when ``RSI_14 > 70``; flat again
+  once ``45 <= RSI_14 <= 55``; otherwise keep.
+- ``random``: at each bar with a per-episode probability in [0.02, 0.15], buy (size uniform in
+  [0.1, 1]) or sell, with equal chances.
+
+Trend and mean reversion read bars ``<= r+t`` only: they are causal and are also run over whole
+test periods as baselines (:func:`heuristic_positions`). Everything is vectorised over episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+import pandas as pd
+
+from quantum_alpha_jax import errors
+from quantum_alpha_jax.backtest import engine
+from quantum_alpha_jax.data import windows
+from quantum_alpha_jax.data.features import FEATURES
+
+ACTIONS = ('hold', 'buy', 'sell')
+HOLD, BUY, SELL = 0, 1, 2
+POLICIES = ('oracle', 'trend', 'mean_reversion', 'random')
+HEURISTICS = ('trend', 'mean_reversion', 'random')
+STATE_SIZE = len(FEATURES) + 1  # features + the position held into the decision
+BAR_SPEC = windows.WindowSpec(1, 0)  # one bar: every state is normalised relative to itself
+_COLUMN = {name: FEATURES.index(name) for name in ('EMA_12', 'EMA_26', 'SMA_50', 'close', 'open',
+                                                    'RSI_14')}
+_GENERATION_CHUNK = 4096  # episodes generated at once (bounds the memory of a split's generation)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectorySpec:
+  """How episodes are cut, acted and scored (see the module docstring)."""
+
+  episode_length: int
+  stride: int = 1  # bars between consecutive episode starts in the training split
+  evaluation_stride: int = 0  # the same for the other splits; 0: episode_length (no overlap)
+  discount: float = 0.99
+  reward_scale: float = 1.0
+  rtg_scale: float = 1000.0
+  allow_short: bool = False
+  policies: tuple[str, ...] = POLICIES
+  policy_weights: tuple[float, ...] = (4.0, 1.0, 1.0, 1.0)
+  oracle_noise: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+  sizes: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+  initial_flat_probability: float = 0.5
+  fee_rate: float = engine.DEFAULT_FEE_RATE
+  slippage_bps: float = engine.DEFAULT_SLIPPAGE_BPS
+  seed: int = 0
+
+  def __post_init__(self):
+    where = 'config.trajectories'
+    for name in ('policies', 'policy_weights', 'oracle_noise', 'sizes'):
+      value = getattr(self, name)
+      value = (value,) if isinstance(value, (str, int, float)) else tuple(value)
+      object.__setattr__(self, name, value)
+    checks = [
+        ('episode_length', self.episode_length, isinstance(self.episode_length, (int, np.integer))
+         and self.episode_length >= 2, 'use an integer >= 2 (config.model.context_length)'),
+        ('stride', self.stride, isinstance(self.stride, (int, np.integer)) and self.stride >= 1,
+         'use an integer >= 1'),
+        ('evaluation_stride', self.evaluation_stride,
+         isinstance(self.evaluation_stride, (int, np.integer)) and self.evaluation_stride >= 0,
+         'use 0 (= episode_length) or a positive integer'),
+        ('discount', self.discount, 0 < self.discount <= 1, 'use a discount in (0, 1]'),
+        ('reward_scale', self.reward_scale, self.reward_scale > 0, 'use a positive scale'),
+        ('rtg_scale', self.rtg_scale, self.rtg_scale > 0, 'use a positive scale, e.g. 1000'),
+        ('initial_flat_probability', self.initial_flat_probability,
+         0 <= self.initial_flat_probability <= 1, 'use a probability in [0, 1]'),
+        ('fee_rate', self.fee_rate, 0 <= self.fee_rate < 1, 'use a rate per side such as 0.001'),
+        ('slippage_bps', self.slippage_bps, 0 <= self.slippage_bps < 10_000, 'use basis points'),
+    ]
+    for name, value, valid, fix in checks:
+      if not valid:
+        raise errors.ConfigError(errors.describe(f'{where}.{name}', f'{value!r} is invalid', fix))
+    unknown = [p for p in self.policies if p not in POLICIES]
+    if unknown or not self.policies:
+      raise errors.ConfigError(errors.describe(
+          f'{where}.policies', f'unknown or no policies {unknown or list(self.policies)}',
+          f'use some of {POLICIES}'))
+    if (len(self.policy_weights) != len(self.policies) or any(w < 0 for w in self.policy_weights)
+        or sum(self.policy_weights) <= 0):
+      raise errors.ConfigError(errors.describe(
+          f'{where}.policy_weights', f'{self.policy_weights} for policies {self.policies}',
+          'give one non-negative weight per policy, not all zero'))
+    if not self.oracle_noise or any(n < 0 for n in self.oracle_noise):
+      raise errors.ConfigError(errors.describe(
+          f'{where}.oracle_noise', f'{self.oracle_noise}', 'give noise levels >= 0, e.g. (0, 1)'))
+    if not self.sizes or any(not 0 < s <= 1 for s in self.sizes):
+      raise errors.ConfigError(errors.describe(
+          f'{where}.sizes', f'{self.sizes}', 'give position sizes in (0, 1], e.g. (0.5, 1.0)'))
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any], episode_length: int) -> TrajectorySpec:
+    """From ``config.trajectories`` (a ConfigDict or dict) and the model's context length."""
+    values = dict(config)
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise errors.ConfigError(errors.describe(
+          'config.trajectories', f'unknown keys {unknown}', f'use some of {sorted(fields)}'))
+    return cls(episode_length=int(episode_length), **values)
+
+  @property
+  def cost(self) -> float:
+    """Proportional cost of one unit of position change: fee plus slippage (the oracle's model)."""
+    return self.fee_rate + self.slippage_bps / 10_000
+
+  @property
+  def behaviour_table(self) -> tuple[tuple[str, str, float, float], ...]:
+    """``(name, policy, oracle noise, mixture weight)`` per behaviour: one per oracle noise level
+    (sharing the oracle's weight), one per other policy. A batch's ``behaviour`` indexes it."""
+    table = []
+    for policy, weight in zip(self.policies, self.policy_weights):
+      if policy == 'oracle':
+        share = weight / len(self.oracle_noise)
+        table += [(f'oracle(noise={noise:g})', policy, float(noise), share)
+                  for noise in self.oracle_noise]
+      else:
+        table.append((policy, policy, 0.0, float(weight)))
+    return tuple(table)
+
+  @property
+  def behaviours(self) -> tuple[str, ...]:
+    """Names of the behaviour policies (``behaviour_table``'s first column)."""
+    return tuple(row[0] for row in self.behaviour_table)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Actions, positions and returns-to-go.
+
+
+def actions_from_positions(positions: np.ndarray, initial: np.ndarray | float = 0.0
+                           ) -> tuple[np.ndarray, np.ndarray]:
+  """Canonical ``(actions int32, sizes float32)`` of positions ``[..., time]`` entered from
+  ``initial [...]``: hold where the position is unchanged, else buy (long) or sell (flat/short)."""
+  positions = np.asarray(positions, np.float32)
+  initial = np.broadcast_to(np.asarray(initial, np.float32), positions.shape[:-1])
+  previous = np.concatenate([initial[..., None], positions[..., :-1]], axis=-1)
+  changed = positions != previous
+  actions = np.where(changed, np.where(positions > 0, BUY, SELL), HOLD).astype(np.int32)
+  sizes = np.where(changed, np.abs(positions), 0.0).astype(np.float32)
+  return actions, sizes
+
+
+def next_position(previous, action, size, allow_short: bool, xp=np):
+  """The position after ``action`` with ``size`` from ``previous`` (numpy or ``xp=jax.numpy``)."""
+  sold = -size if allow_short else xp.zeros_like(size)
+  return xp.where(action == HOLD, previous, xp.where(action == BUY, size, sold))
+
+
+def discounted_returns_to_go(rewards: np.ndarray, discount: float) -> np.ndarray:
+  """``R_t = Σ_{j>=t} γ^{j-t} ρ_j`` over the last axis of ``rewards [..., time]`` (float64)."""
+  rewards = np.asarray(rewards, np.float64)
+  output = np.empty_like(rewards)
+  running = np.zeros(rewards.shape[:-1])
+  for t in range(rewards.shape[-1] - 1, -1, -1):
+    running = rewards[..., t] + discount * running
+    output[..., t] = running
+  return output
+
+
+# ----------------------------------------------------------------------------------------------
+# Behaviour policies over [episodes, time] arrays.
+
+
+def _forward_fill(events: np.ndarray, initial: np.ndarray) -> np.ndarray:
+  """Levels ``[E, T]``: each NaN of ``events`` keeps the previous level (``initial`` before t=0)."""
+  values = np.concatenate([np.asarray(initial, np.float64)[:, None], events], axis=1)
+  index = np.where(np.isnan(values), 0, np.arange(values.shape[1])[None, :])
+  np.maximum.accumulate(index, axis=1, out=index)
+  return np.take_along_axis(values, index, axis=1)[:, 1:]
+
+
+def hindsight_levels(gains: np.ndarray, cost: float, initial_level: np.ndarray,
+                     allow_short: bool) -> np.ndarray:
+  """Levels ``[E, T]`` in {0, 1} ({-1, 0, 1} with shorts) maximising
+  ``Σ_t ℓ_t g_t - cost Σ_t |ℓ_t - ℓ_{t-1}|`` from ``ℓ_{-1} = initial_level [E]`` (exact DP)."""
+  levels = np.array([-1.0, 0.0, 1.0] if allow_short else [0.0, 1.0])
+  episodes, steps = gains.shape
+  switch = cost * np.abs(levels[:, None] - levels[None, :])  # [previous, next]
+  value = np.zeros((episodes, len(levels)))  # best value from step t on, by previous level
+  choice = np.zeros((steps, episodes, len(levels)), np.int8)
+  for t in range(steps - 1, -1, -1):
+    # total[e, previous, next] = next * g_t - switch + value_{t+1}(next)
+    total = (levels[None, None, :] * gains[:, t, None, None] - switch[None]
+             + value[:, None, :])
+    choice[t] = np.argmax(total, axis=2)
+    value = np.max(total, axis=2)
+  state = np.searchsorted(levels, np.asarray(initial_level, np.float64))
+  path = np.empty((episodes, steps))
+  rows = np.arange(episodes)
+  for t in range(steps):
+    state = choice[t, rows, state]
+    path[:, t] = levels[state]
+  return path
+
+
+def trend_levels(features: np.ndarray, initial_level: np.ndarray, allow_short: bool) -> np.ndarray:
+  """Trend following on raw features ``[E, T, 44]`` (module docstring); levels ``[E, T]``."""
+  fast, slow = features[..., _COLUMN['EMA_12']], features[..., _COLUMN['EMA_26']]
+  close, long_average = features[..., _COLUMN['close']], features[..., _COLUMN['SMA_50']]
+  up = (fast > slow) & (close > long_average)
+  down = (fast < slow) & (close < long_average)
+  events = np.where(up, 1.0, np.where(down, -1.0 if allow_short else 0.0, np.nan))
+  return _forward_fill(events, initial_level)
+
+
+def mean_reversion_levels(features: np.ndarray, initial_level: np.ndarray,
+                          allow_short: bool) -> np.ndarray:
+  """Mean reversion on ``RSI_14`` of raw features ``[E, T, 44]``; levels ``[E, T]``."""
+  rsi = features[..., _COLUMN['RSI_14']]
+  events = np.where(rsi < 30, 1.0, np.where(rsi > 70, -1.0 if allow_short else 0.0,
+                                            np.where((rsi >= 45) & (rsi <= 55), 0.0, np.nan)))
+  return _forward_fill(events, initial_level)
+
+
+def random_positions(rng: np.random.Generator, shape: tuple[int, int], initial: np.ndarray,
+                     allow_short: bool) -> np.ndarray:
+  """Random trading: per-episode action rate in [0.02, 0.15], random sizes; positions ``[E, T]``."""
+  episodes, steps = shape
+  rate = rng.uniform(0.02, 0.15, size=(episodes, 1))
+  acts = rng.random((episodes, steps)) < rate
+  buy = rng.random((episodes, steps)) < 0.5
+  size = np.round(rng.uniform(0.1, 1.0, size=(episodes, steps)), 2)
+  sold = -size if allow_short else np.zeros_like(size)
+  events = np.where(acts, np.where(buy, size, sold), np.nan)
+  return _forward_fill(events, initial)
+
+
+def heuristic_positions(name: str, features: np.ndarray, allow_short: bool = False,
+                        seed: int = 0) -> np.ndarray:
+  """A causal behaviour policy at size 1 over one series of raw features ``[time, 44]``, starting
+  flat: the target positions ``[time]`` for a whole-period backtest baseline."""
+  features = np.asarray(features, np.float64)[None]
+  flat = np.zeros(1)
+  if name == 'trend':
+    return trend_levels(features, flat, allow_short)[0]
+  if name == 'mean_reversion':
+    return mean_reversion_levels(features, flat, allow_short)[0]
+  if name == 'random':
+    return random_positions(np.random.default_rng(seed), features.shape[:2], flat, allow_short)[0]
+  raise errors.ConfigError(errors.describe('heuristic_positions', f'unknown heuristic {name!r}',
+                                           f'use one of {HEURISTICS}'))
+
+
+# ----------------------------------------------------------------------------------------------
+# Episodes of a split.
+
+
+def fit_normalizer(arrays: windows.WindowArrays, rows: np.ndarray, *,
+                   train_split: windows.Split | None = None, sample_size: int = 65536,
+                   seed: int = 0) -> windows.Normalizer:
+  """The one-bar (self-anchored) normaliser of the states, fitted on the training split's ``rows``."""
+  return windows.Normalizer.fit(arrays, BAR_SPEC, rows, train_split=train_split,
+                                sample_size=sample_size, seed=seed)
+
+
+def normalized_features(arrays: windows.WindowArrays, normalizer: windows.Normalizer,
+                        rows: np.ndarray) -> np.ndarray:
+  """The state features of bars ``rows [...]``: each bar normalised relative to itself, ``[..., 44]``."""
+  rows = np.asarray(rows, np.int64)
+  values = np.take(arrays.features, rows.reshape(-1), axis=0)
+  return normalizer.apply(values[:, None, :], values)[:, 0].reshape(rows.shape + (len(FEATURES),))
+
+
+def episode_starts(arrays: windows.WindowArrays, rows: np.ndarray, episode_length: int,
+                   stride: int = 1) -> np.ndarray:
+  """First decision rows ``r`` whose bars ``r-1 .. r+L`` all lie in ``rows`` (sorted bars of one
+  split) and in one segment; every ``stride``-th of them, ``[episodes]`` int64."""
+  rows = np.asarray(rows, np.int64)
+  span = episode_length + 2
+  member = np.zeros(arrays.num_rows + 1, np.int64)
+  member[rows] = 1
+  before = np.concatenate([[0], np.cumsum(member)])
+  first = rows[rows + span - 1 < arrays.num_rows]
+  last = first + span - 1
+  segment = np.asarray(arrays.segment)
+  usable = (before[last + 1] - before[first] == span) & (segment[first] == segment[last])
+  return first[usable][::stride] + 1
+
+
+def episode_rewards(initial: np.ndarray, positions: np.ndarray, open_price: np.ndarray,
+                    close: np.ndarray, spec: TrajectorySpec) -> np.ndarray:
+  """Rewards ``[E, L]`` of positions ``[E, L]`` entered from ``initial [E]``, on the prices
+  ``open_price, close [E, L + 2]`` of bars ``r-1 .. r+L``: the engine fills ``initial`` at bar r's
+  open and ``p_t`` at bar r+t+1's open; ``ρ_t = reward_scale · log(E_{r+t+1} / E_{r+t})``."""
+  positions = np.asarray(positions, np.float64)
+  targets = np.concatenate([np.asarray(initial, np.float64)[:, None], positions,
+                            positions[:, -1:]], axis=1)
+  state = engine.simulate_batch(targets, open_price, fee_rate=spec.fee_rate,
+                                slippage_bps=spec.slippage_bps)
+  equity = state['cash'] + state['units'] * np.asarray(close, np.float64)
+  return spec.reward_scale * np.diff(np.log(equity[:, 1:]), axis=1)
+
+
+def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: TrajectorySpec,
+                      seed: int = 0, policies: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Acts one behaviour policy per episode starting at each row of ``starts`` and scores it.
+
+  Returns ``start_row [E]``, ``behaviour [E]`` (index into ``spec.behaviours``),
+  ``initial_position [E]``, ``positions``, ``rewards`` and ``returns_to_go`` (unscaled)
+  ``[E, L]`` float32. ``policies`` overrides the mixture (e.g. ``('oracle',)`` with the spec's first
+  oracle noise level: the exact hindsight oracle when it is 0).
+  """
+  starts = np.asarray(starts, np.int64)
+  table = spec.behaviour_table
+  names = spec.behaviours
+  if policies is None:
+    weights = np.asarray([row[3] for row in table])
+  else:
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+      raise errors.ConfigError(errors.describe('generate_episodes', f'policies {unknown}',
+                                               f'use some of {POLICIES}'))
+    # Each named policy equally; the oracle at the spec's first noise level only.
+    first = {policy: index for index, (_, policy, _, _) in reversed(list(enumerate(table)))}
+    weights = np.zeros(len(table))
+    for policy in policies:
+      if policy not in first:
+        raise errors.ConfigError(errors.describe(
+            'generate_episodes', f'policy {policy!r} is not in the spec {spec.policies}'))
+      weights[first[policy]] = 1.0
+  probabilities = weights / weights.sum()
+  rng = np.random.default_rng([spec.seed, seed, 7])
+  behaviour = rng.choice(len(names), size=len(starts), p=probabilities).astype(np.int32)
+  size = rng.choice(np.asarray(spec.sizes, np.float64), size=len(starts))
+  flat = rng.random(len(starts)) < spec.initial_flat_probability
+  direction = np.where(spec.allow_short & (rng.random(len(starts)) < 0.5), -1.0, 1.0)
+  initial = np.where(flat, 0.0, direction * size)
+  length = spec.episode_length
+  offsets = np.arange(-1, length + 1)
+  close = np.asarray(arrays.close)
+  log_close = np.log(close)
+  next_returns_all = log_close[starts[:, None] + np.arange(1, length + 1)] - log_close[
+      starts[:, None] + np.arange(length)]
+  return_scale = float(np.std(next_returns_all)) if next_returns_all.size else 0.0
+  out = {'positions': np.zeros((len(starts), length), np.float32),
+         'rewards': np.zeros((len(starts), length), np.float32),
+         'returns_to_go': np.zeros((len(starts), length), np.float32)}
+  for begin in range(0, len(starts), _GENERATION_CHUNK):
+    part = slice(begin, begin + _GENERATION_CHUNK)
+    rows = starts[part, None] + offsets  # [E, L + 2]: r-1 .. r+L
+    raw = np.take(arrays.features, rows[:, 1:length + 1], axis=0).astype(np.float64)
+    kinds, sizes, start_level = behaviour[part], size[part], np.sign(initial[part])
+    positions = np.zeros((len(kinds), length))
+    chunk_rng = np.random.default_rng([spec.seed, seed, begin])
+    for kind in np.unique(kinds):
+      selected = kinds == kind
+      _, policy, noise, _ = table[kind]
+      if policy == 'oracle':
+        gains = next_returns_all[part][selected]
+        gains = gains + noise * return_scale * chunk_rng.standard_normal(gains.shape)
+        levels = hindsight_levels(gains, spec.cost, start_level[selected], spec.allow_short)
+      elif policy == 'trend':
+        levels = trend_levels(raw[selected], start_level[selected], spec.allow_short)
+      elif policy == 'mean_reversion':
+        levels = mean_reversion_levels(raw[selected], start_level[selected], spec.allow_short)
+      else:
+        positions[selected] = random_positions(chunk_rng, (int(selected.sum()), length),
+                                               initial[part][selected], spec.allow_short)
+        continue
+      positions[selected] = levels * sizes[selected, None]
+    positions = positions.astype(np.float32)
+    open_price = np.take(arrays.features[:, _COLUMN['open']], rows).astype(np.float64)
+    rewards = episode_rewards(initial[part], positions, open_price, close[rows], spec)
+    out['positions'][part] = positions
+    out['rewards'][part] = rewards
+    out['returns_to_go'][part] = discounted_returns_to_go(rewards, spec.discount)
+  return {'start_row': starts, 'behaviour': behaviour,
+          'initial_position': initial.astype(np.float32), **out}
+
+
+class TrajectorySource(grain.sources.RandomAccessDataSource):
+  """The episodes of one split: ``gather(indices)`` reads a batch of episodes (-1 = padding).
+
+  ``anchors`` are episode ids ``0..E-1`` (what the Grain pipelines of :mod:`windows` shuffle and
+  batch); ``rows`` are the split's usable bars and ``episodes`` the tables of
+  :func:`generate_episodes`.
+  """
+
+  def __init__(self, arrays: windows.WindowArrays, spec: TrajectorySpec,
+               episodes: Mapping[str, np.ndarray], normalizer: windows.Normalizer,
+               rows: np.ndarray, name: str = ''):
+    self.arrays = arrays
+    self.spec = spec
+    self.episodes = {key: np.ascontiguousarray(value) for key, value in episodes.items()}
+    self.normalizer = normalizer
+    self.rows = np.asarray(rows, np.int64)
+    self.name = name
+    self.anchors = np.arange(len(self.episodes['start_row']), dtype=np.int64)
+    if len(self.anchors) == 0:
+      raise errors.DataError(errors.describe(
+          f'TrajectorySource {name!r}', f'no episode of {spec.episode_length + 2} consecutive '
+          'usable bars', 'use a longer split or a shorter config.model.context_length'))
+    if normalizer.spec.encoder_length != 1:
+      raise errors.ConfigError(errors.describe(
+          f'TrajectorySource {name!r}', 'the normaliser was not fitted on one-bar windows',
+          'fit it with data.trajectories.fit_normalizer'))
+
+  def __len__(self) -> int:
+    return len(self.anchors)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    batch = self.gather(np.asarray([index]))
+    return {name: value[0] for name, value in batch.items()}
+
+  def __repr__(self) -> str:
+    return f'TrajectorySource({self.name!r}, episodes={len(self)}, spec={self.spec})'
+
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Episodes ``indices [batch]`` (-1: padding, ``mask`` 0) as model inputs.
+
+    Returns ``states [batch, L, 45]``, ``actions [batch, L]`` int32, ``sizes``, ``size_mask``,
+    ``rtg`` (scaled tokens), ``rewards``, ``step_mask [batch, L]`` float32, ``timesteps
+    [batch, L]`` int32, and per episode ``mask``, ``behaviour``, ``start_row``, ``symbol``.
+    """
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    real = indices >= 0
+    index = np.where(real, indices, 0)
+    length = self.spec.episode_length
+    table = self.episodes
+    starts = table['start_row'][index]
+    positions = table['positions'][index]
+    initial = table['initial_position'][index]
+    features = normalized_features(self.arrays, self.normalizer,
+                                   starts[:, None] + np.arange(length))
+    previous = np.concatenate([initial[:, None], positions[:, :-1]], axis=1)
+    actions, sizes = actions_from_positions(positions, initial)
+    sized = (actions == BUY) | ((actions == SELL) & self.spec.allow_short)
+    step_mask = np.broadcast_to(real[:, None], (len(index), length)).astype(np.float32)
+    return {
+        'states': np.concatenate([features, previous[..., None]], axis=-1).astype(np.float32),
+        'actions': actions,
+        'sizes': sizes,
+        'size_mask': (sized & real[:, None]).astype(np.float32),
+        'rtg': (table['returns_to_go'][index] * np.float32(self.spec.rtg_scale)).astype(np.float32),
+        'rewards': table['rewards'][index],
+        'timesteps': np.broadcast_to(np.arange(length, dtype=np.int32), (len(index), length)).copy(),
+        'step_mask': step_mask,
+        'mask': real.astype(np.float32),
+        'behaviour': np.where(real, table['behaviour'][index], -1).astype(np.int32),
+        'start_row': np.where(real, starts, -1).astype(np.int32),
+        'symbol': np.take(self.arrays.symbol, starts).astype(np.int32),
+    }
+
+  def summary(self) -> dict[str, Any]:
+    """Episode counts and undiscounted episode returns (log, after costs) per behaviour."""
+    names = self.spec.behaviours
+    totals = self.episodes['rewards'].sum(1) / self.spec.reward_scale
+    out = {}
+    for index, name in enumerate(names):
+      selected = totals[self.episodes['behaviour'] == index]
+      if selected.size:
+        out[name] = {'episodes': int(selected.size), 'mean_return': float(selected.mean()),
+                     'std_return': float(selected.std()),
+                     'p10_return': float(np.quantile(selected, 0.1)),
+                     'p90_return': float(np.quantile(selected, 0.9))}
+    return {'episodes': int(len(self)), 'behaviours': out}
+
+
+def split_rows(arrays: windows.WindowArrays, splits: Sequence[windows.Split],
+               purge_bars: int) -> dict[str, np.ndarray]:
+  """The usable bars of each split (valid, no long hole), later splits purged by ``purge_bars``."""
+  return windows.split_anchors(arrays, BAR_SPEC, splits, purge_bars)
+
+
+def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
+                  splits: Sequence[windows.Split], batch_size: int,
+                  cache_dir: str | os.PathLike[str], seed: int = 0, *,
+                  train_split: str = 'train', normalizer: windows.Normalizer | None = None,
+                  shard_index: int | None = None, shard_count: int | None = None,
+                  num_devices: int | None = None
+                  ) -> tuple[dict[str, windows.SplitData], windows.Normalizer]:
+  """Episodes per split as :class:`windows.SplitData` (so ``train.loop`` runs unchanged): the
+  ``train_split`` shuffled and repeated, the others single padded passes. Fits the one-bar
+  normaliser on ``train_split`` unless one is given."""
+  arrays = windows.WindowArrays.from_frames(frames, cache_dir)
+  by_name = {split.name: split for split in splits}
+  if normalizer is None and train_split not in by_name:
+    raise errors.ConfigError(errors.describe(
+        'trajectories.make_datasets', f'no split named {train_split!r} among {list(by_name)} to fit '
+        'the normaliser on', 'add it, or pass a fitted normalizer'))
+  rows = split_rows(arrays, splits, purge_bars=spec.episode_length + 2)
+  if normalizer is None:
+    normalizer = fit_normalizer(arrays, rows[train_split], train_split=by_name[train_split],
+                                seed=seed)
+  shard_index, shard_count = windows._shard(shard_index, shard_count)  # pylint: disable=protected-access
+  per_process = windows.local_batch_size(batch_size, shard_count, num_devices)
+  result = {}
+  for number, split in enumerate(splits):
+    training = split.name == train_split
+    stride = spec.stride if training else (spec.evaluation_stride or spec.episode_length)
+    starts = episode_starts(arrays, rows[split.name], spec.episode_length, stride)
+    episodes = generate_episodes(arrays, starts, spec, seed=seed * 1000 + number)
+    source = TrajectorySource(arrays, spec, episodes, normalizer, rows[split.name], split.name)
+    if training:
+      dataset = windows.training_dataset(source, batch_size, seed, shard_index=shard_index,
+                                         shard_count=shard_count, num_devices=num_devices)
+      steps = (len(source) // shard_count) // per_process
+    else:
+      dataset = windows.evaluation_dataset(source, batch_size, shard_index=shard_index,
+                                           shard_count=shard_count, num_devices=num_devices)
+      steps = len(dataset)
+    result[split.name] = windows.SplitData(split, source, dataset, steps)
+  return result, normalizer
+
+
+def initial_return_quantiles(source: TrajectorySource,
+                             levels: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+                             ) -> dict[str, float]:
+  """Quantiles of the episodes' first return-to-go ``R_0`` (unscaled): the range of returns the
+  training data shows, from which the rollout's conditioning targets are chosen."""
+  first = source.episodes['returns_to_go'][:, 0].astype(np.float64)
+  return {f'{level:g}': float(np.quantile(first, level)) for level in levels} | {
+      'max': float(first.max()), 'mean': float(first.mean())}
+
+
+def rows_to_runs(arrays: windows.WindowArrays, rows: np.ndarray) -> list[np.ndarray]:
+  """Sorted bars ``rows`` split into runs of consecutive rows of one segment (no gap, no hole)."""
+  rows = np.asarray(rows, np.int64)
+  if rows.size == 0:
+    return []
+  segment = np.asarray(arrays.segment)[rows]
+  breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(segment) != 0)) + 1
+  return np.split(rows, breaks)

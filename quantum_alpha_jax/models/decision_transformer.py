@@ -1,0 +1,220 @@
+"""The Decision Transformer (Chen et al., 2021) with a discrete trading action and a size head.
+
+Tokens. For steps ``t = 0..K-1`` of a context the model reads the return-to-go ``R_t``, the state
+``s_t`` and the action ``a_t`` (with its size ``σ_t``), interleaved as
+``(R_0, s_0, a_0, R_1, s_1, a_1, ...)``, 3K tokens of width ``H``:
+
+- ``e(R_t) = W_R R_t + b_R``, ``e(s_t) = W_s s_t + b_s``, ``e(a_t) = E_a[a_t] + σ_t w_σ``;
+- each token of step t adds the learned timestep embedding ``E_T[timestep_t]`` (the only position
+  information: there is no separate positional embedding, as in the paper);
+- a LayerNorm and dropout, then ``num_layers`` pre-LN GPT blocks
+  ``x ← x + Attn(LN(x))``, ``x ← x + W_2 GELU(W_1 LN(x))`` (MLP width ``4H``), a final LayerNorm.
+
+Attention is causal: token i attends to tokens j <= i (a constant lower-triangular mask, so the
+graph has fixed shapes and exports). Queries, keys and values come from one fused ``[H, 3H]``
+projection; scores ``Q Kᵀ / √d`` and the softmax run in float32.
+
+Outputs are read from the STATE tokens (position 3t+1), which have seen ``R_0..R_t``, ``s_0..s_t``
+and ``a_0..a_{t-1}`` but not ``a_t``: action logits ``[batch, K, 3]`` (hold, buy, sell) and the
+size ``sigmoid(w · h)`` in [0, 1].
+
+Decoding. :meth:`DecisionTransformer.decode` runs the same blocks incrementally with a key/value
+cache of ``3K + 1`` slots: step t feeds ``(a_{t-1}, R_t, s_t)`` into slots ``3t .. 3t+2``; slot 0
+holds the absent ``a_{-1}`` and is masked for every query. Its outputs equal the full forward pass
+(tests/test_strategist.py), at ~1/K of the cost per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quantum_alpha_jax.models.layers import LayerNorm
+
+_MASK_VALUE = -1e9
+Cache = Sequence[tuple[jax.Array, jax.Array]]
+
+
+def causal_mask(length: int) -> np.ndarray:
+  """``[length, length]`` bool, True where query i may attend key j (j <= i)."""
+  return np.tril(np.ones((length, length), np.bool_))
+
+
+def interleave(returns: jax.Array, states: jax.Array, actions: jax.Array) -> jax.Array:
+  """Three ``[batch, K, H]`` token streams → ``[batch, 3K, H]`` ordered R_0, s_0, a_0, R_1, ..."""
+  batch, steps, width = returns.shape
+  return jnp.stack([returns, states, actions], axis=2).reshape(batch, 3 * steps, width)
+
+
+def initial_cache(model: 'DecisionTransformer', batch_size: int, dtype: Any = jnp.float32) -> list:
+  """Zero key/value caches for :meth:`DecisionTransformer.decode`: per block two
+  ``[batch, 3K + 1, heads, head_size]`` arrays."""
+  shape = (batch_size, 3 * model.context_length + 1, model.num_heads,
+           model.hidden_size // model.num_heads)
+  return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(model.num_layers)]
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention with a fused QKV projection (module docstring).
+
+  Full pass: ``x [batch, T, H]`` with the constant causal mask. Cached pass: ``cache = (keys,
+  values) [batch, slots, heads, d]`` and the slot ``index`` of ``x``'s first token; the new keys
+  and values are written there and query i attends slots ``1 .. index + i``.
+  """
+
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool, cache: tuple[jax.Array, jax.Array]
+               | None = None, index: jax.Array | None = None):
+    batch, length, width = x.shape
+    head_size = width // self.num_heads
+    qkv = nn.Dense(3 * width, name='qkv')(x).reshape(batch, length, 3, self.num_heads, head_size)
+    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if cache is None:
+      keys, values, mask = key, value, causal_mask(length)
+    else:
+      keys = jax.lax.dynamic_update_slice(cache[0], key.astype(cache[0].dtype), (0, index, 0, 0))
+      values = jax.lax.dynamic_update_slice(cache[1], value.astype(cache[1].dtype),
+                                            (0, index, 0, 0))
+      slots = jnp.arange(keys.shape[1])[None, :]
+      mask = (slots >= 1) & (slots <= index + jnp.arange(length)[:, None])
+    scores = jnp.einsum('bqhd,bkhd->bhqk', query, keys.astype(query.dtype)).astype(jnp.float32)
+    scores = jnp.where(mask, scores * (1.0 / math.sqrt(head_size)), _MASK_VALUE)
+    weights = jax.nn.softmax(scores, axis=-1)
+    weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=deterministic)
+    heads = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(values.dtype), values)
+    output = nn.Dense(width, name='output')(heads.reshape(batch, length, width).astype(x.dtype))
+    output = nn.Dropout(self.dropout_rate)(output, deterministic=deterministic)
+    return output, None if cache is None else (keys, values)
+
+
+class Block(nn.Module):
+  """A pre-LN GPT block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (GELU, width 4H)."""
+
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool, cache=None, index=None):
+    dtype = x.dtype
+    attended, cache = CausalSelfAttention(self.num_heads, self.dropout_rate,
+                                          self.attention_dropout_rate, name='attention')(
+        LayerNorm(name='attention_norm')(x).astype(dtype), deterministic=deterministic,
+        cache=cache, index=index)
+    x = x + attended
+    width = x.shape[-1]
+    hidden = nn.Dense(4 * width, name='mlp_in')(LayerNorm(name='mlp_norm')(x).astype(dtype))
+    hidden = nn.Dense(width, name='mlp_out')(jax.nn.gelu(hidden))
+    x = x + nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+    return x, cache
+
+
+class DecisionTransformer(nn.Module):
+  """Return-conditioned policy over ``(R, s, a)`` token triples (module docstring).
+
+  Attributes:
+    state_size: width of a state vector.
+    max_timestep: size of the timestep embedding table (timesteps lie in [0, max_timestep)).
+    context_length: K, steps per context (3K tokens).
+    hidden_size, num_layers, num_heads, dropout_rate: the GPT stack (dropout on the embeddings,
+      the attention output and the MLP output).
+    attention_dropout_rate: dropout on the attention weights (GPT-2's attn_pdrop). It draws
+      random bits for every [heads, 3K, 3K] score, ~30% of a CPU train step at the seed size, so
+      the configs leave it at 0.
+    num_actions: discrete actions (hold, buy, sell).
+  """
+
+  state_size: int
+  max_timestep: int
+  context_length: int = 90
+  hidden_size: int = 256
+  num_layers: int = 6
+  num_heads: int = 8
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  num_actions: int = 3
+
+  def setup(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of num_heads '
+                       f'{self.num_heads}')
+    width = self.hidden_size
+    self.timestep_embedding = nn.Embed(self.max_timestep, width,
+                                       embedding_init=nn.initializers.normal(0.02))
+    self.return_embedding = nn.Dense(width)
+    self.state_embedding = nn.Dense(width)
+    self.action_embedding = nn.Embed(self.num_actions, width,
+                                     embedding_init=nn.initializers.normal(0.02))
+    self.size_embedding = nn.Dense(width, use_bias=False)
+    self.embedding_norm = LayerNorm()
+    self.embedding_dropout = nn.Dropout(self.dropout_rate)
+    self.blocks = [Block(self.num_heads, self.dropout_rate, self.attention_dropout_rate,
+                         name=f'block_{i}')
+                   for i in range(self.num_layers)]
+    self.final_norm = LayerNorm()
+    self.action_head = nn.Dense(self.num_actions)
+    self.size_head = nn.Dense(1)
+
+  def token_embeddings(self, returns_to_go, states, actions, sizes, timesteps,
+                       action_timesteps=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(e(R), e(s), e(a))`` each ``[..., H]`` with the timestep embedding added (the action's
+    own ``action_timesteps`` when given, else ``timesteps``)."""
+    dtype = states.dtype
+    time = self.timestep_embedding(timesteps).astype(dtype)
+    action_time = (time if action_timesteps is None
+                   else self.timestep_embedding(action_timesteps).astype(dtype))
+    returns = self.return_embedding(returns_to_go[..., None].astype(dtype)) + time
+    state = self.state_embedding(states) + time
+    action = (self.action_embedding(actions).astype(dtype)
+              + self.size_embedding(sizes[..., None].astype(dtype)) + action_time)
+    return returns.astype(dtype), state.astype(dtype), action.astype(dtype)
+
+  def embed(self, returns_to_go, states, actions, sizes, timesteps) -> jax.Array:
+    """The interleaved, normalised token sequence ``[batch, 3K, H]`` (before the blocks)."""
+    tokens = interleave(*self.token_embeddings(returns_to_go, states, actions, sizes, timesteps))
+    return self.embedding_norm(tokens).astype(states.dtype)
+
+  def heads(self, hidden: jax.Array) -> dict[str, jax.Array]:
+    """Action logits and sizes from the final state-token features ``[..., H]`` (float32)."""
+    hidden = self.final_norm(hidden).astype(hidden.dtype)
+    logits = self.action_head(hidden).astype(jnp.float32)
+    size = jax.nn.sigmoid(self.size_head(hidden)[..., 0].astype(jnp.float32))
+    return {'action_logits': logits, 'size': size}
+
+  def __call__(self, returns_to_go: jax.Array, states: jax.Array, actions: jax.Array,
+               sizes: jax.Array, timesteps: jax.Array, *, deterministic: bool = True
+               ) -> dict[str, jax.Array]:
+    """``returns_to_go, sizes [batch, K]``, ``states [batch, K, S]``, ``actions, timesteps
+    [batch, K]`` int → ``action_logits [batch, K, 3]``, ``size [batch, K]`` (float32)."""
+    x = self.embedding_dropout(self.embed(returns_to_go, states, actions, sizes, timesteps),
+                               deterministic=deterministic)
+    for block in self.blocks:
+      x, _ = block(x, deterministic=deterministic)
+    batch, tokens, width = x.shape
+    return self.heads(x.reshape(batch, tokens // 3, 3, width)[:, :, 1])
+
+  def decode(self, cache: Cache, step: jax.Array, return_to_go: jax.Array, state: jax.Array,
+             previous_action: jax.Array, previous_size: jax.Array
+             ) -> tuple[dict[str, jax.Array], list]:
+    """One step of incremental decoding (deterministic): feeds ``(a_{t-1}, R_t, s_t)`` for
+    ``step = t`` (the timestep, < K) with ``return_to_go, previous_size [batch]``, ``state
+    [batch, S]``, ``previous_action [batch]`` int; returns the heads of ``s_t`` and the cache."""
+    now = jnp.full(previous_action.shape, step, jnp.int32)
+    returns, state_token, action_token = self.token_embeddings(
+        return_to_go, state, previous_action, previous_size, now, jnp.maximum(now - 1, 0))
+    x = jnp.stack([action_token, returns, state_token], axis=1)  # [batch, 3, H]
+    x = self.embedding_norm(x).astype(state.dtype)
+    new_cache = []
+    for block, layer_cache in zip(self.blocks, cache):
+      x, layer_cache = block(x, deterministic=True, cache=layer_cache, index=3 * step)
+      new_cache.append(layer_cache)
+    return self.heads(x[:, 2]), new_cache

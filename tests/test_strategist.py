@@ -1,0 +1,296 @@
+"""The Strategist: causal mask, timestep embedding, cached decoding, imitation of the hindsight
+oracle on held-out time, causal bar signals, load() round trip, devices, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import strategist as strategist_config
+from quantum_alpha_jax.data import features
+from quantum_alpha_jax.data import synthetic
+from quantum_alpha_jax.data import trajectories as tr
+from quantum_alpha_jax.errors import ConfigError
+from quantum_alpha_jax.models import decision_transformer as dt
+from quantum_alpha_jax.tasks import strategist
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _model(**overrides):
+  settings = dict(state_size=5, max_timestep=20, context_length=6, hidden_size=16, num_layers=2,
+                  num_heads=2, dropout_rate=0.0)
+  settings.update(overrides)
+  return dt.DecisionTransformer(**settings)
+
+
+def _inputs(batch=3, steps=6, state_size=5, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'rtg': rng.normal(size=(batch, steps)).astype(np.float32),
+          'states': rng.normal(size=(batch, steps, state_size)).astype(np.float32),
+          'actions': rng.integers(0, 3, (batch, steps)).astype(np.int32),
+          'sizes': rng.random((batch, steps)).astype(np.float32),
+          'timesteps': np.broadcast_to(np.arange(steps), (batch, steps)).astype(np.int32)}
+
+
+_ORDER = ('rtg', 'states', 'actions', 'sizes', 'timesteps')
+
+
+@pytest.fixture(scope='module')
+def small_model():
+  model = _model()
+  inputs = _inputs()
+  params = model.init(jax.random.PRNGKey(0), *(inputs[k] for k in _ORDER))['params']
+  apply = jax.jit(lambda p, *x: model.apply({'params': p}, *x))
+  return model, params, apply
+
+
+def test_causal_mask_matches_an_independent_construction():
+  mask = dt.causal_mask(7)
+  expected = np.array([[key <= query for key in range(7)] for query in range(7)])
+  np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_later_token_never_changes_an_earlier_output(small_model):
+  model, params, apply = small_model
+  inputs = _inputs()
+  base = apply(params, *(inputs[k] for k in _ORDER))
+  for name, step in (('rtg', 3), ('states', 3), ('actions', 3), ('sizes', 2), ('actions', 0)):
+    changed = {k: v.copy() for k, v in inputs.items()}
+    if name == 'actions':
+      changed[name][:, step] = (changed[name][:, step] + 1) % 3
+    else:
+      changed[name][:, step] += 5.0
+    out = apply(params, *(changed[k] for k in _ORDER))
+    # The state token of step t precedes a_t: an action changes outputs from the next step on;
+    # a return or state changes them from its own step on.
+    first_changed = step + 1 if name in ('actions', 'sizes') else step
+    for key in ('action_logits', 'size'):
+      np.testing.assert_array_equal(np.asarray(out[key])[:, :first_changed],
+                                    np.asarray(base[key])[:, :first_changed])
+      assert np.abs(np.asarray(out[key])[:, first_changed:]
+                    - np.asarray(base[key])[:, first_changed:]).max() > 1e-6
+
+
+def test_timestep_embedding(small_model):
+  model, params, apply = small_model
+  assert params['timestep_embedding']['embedding'].shape == (20, 16)
+  inputs = _inputs()
+  base = apply(params, *(inputs[k] for k in _ORDER))
+  shifted = dict(inputs, timesteps=inputs['timesteps'] + 5)
+  out = apply(params, *(shifted[k] for k in _ORDER))
+  assert np.abs(np.asarray(out['action_logits']) - np.asarray(base['action_logits'])).min() > 0
+  # Identical content and identical timesteps at every step: the token embeddings do not depend
+  # on the position in the sequence (no hidden positional embedding) ...
+  same = {'rtg': np.full((2, 6), 0.7, np.float32), 'states': np.ones((2, 6, 5), np.float32),
+          'actions': np.ones((2, 6), np.int32), 'sizes': np.full((2, 6), 0.5, np.float32),
+          'timesteps': np.full((2, 6), 4, np.int32)}
+  tokens = np.asarray(model.apply({'params': params}, *(same[k] for k in _ORDER),
+                                  method=model.embed))
+  assert tokens.shape == (2, 18, 16)
+  for kind in range(3):
+    np.testing.assert_allclose(tokens[:, kind::3], np.broadcast_to(tokens[:, kind:kind + 1],
+                                                                   tokens[:, kind::3].shape),
+                               atol=1e-6)
+  # ... and the embedding added is the table row of the timestep.
+  row = np.asarray(params['timestep_embedding']['embedding'][4])
+  returns, _, _ = model.apply({'params': params}, *(same[k] for k in _ORDER),
+                              method=model.token_embeddings)
+  bare = np.asarray(same['rtg'][..., None] * params['return_embedding']['kernel'][0]
+                    + params['return_embedding']['bias'])
+  np.testing.assert_allclose(np.asarray(returns) - bare, np.broadcast_to(row, bare.shape),
+                             atol=1e-5)
+
+
+def test_cached_decoding_equals_the_full_pass(small_model):
+  model, params, apply = small_model
+  inputs = _inputs(seed=5)
+  full = apply(params, *(inputs[k] for k in _ORDER))
+  cache = dt.initial_cache(model, 3)
+  decode = jax.jit(lambda p, c, t, *x: model.apply({'params': p}, c, t, *x, method=model.decode))
+  logits, sizes = [], []
+  for t in range(6):
+    previous = (inputs['actions'][:, t - 1], inputs['sizes'][:, t - 1]) if t else (
+        np.zeros(3, np.int32), np.zeros(3, np.float32))
+    heads, cache = decode(params, cache, t, inputs['rtg'][:, t], inputs['states'][:, t], *previous)
+    logits.append(heads['action_logits'])
+    sizes.append(heads['size'])
+  np.testing.assert_allclose(np.stack(logits, 1), full['action_logits'], atol=2e-5)
+  np.testing.assert_allclose(np.stack(sizes, 1), full['size'], atol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny Strategist trained end to end (experiment pipeline) on a market whose regimes drift hard.
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  parameters = synthetic.MarketParameters(annual_drift=(150.0, -150.0, 0.0),
+                                          annual_volatility=(0.3, 0.3, 0.3),
+                                          mean_dwell_hours=(24.0, 24.0, 24.0))
+  frames = {s: features.compute_features(f) for s, f in synthetic.generate_market(
+      ('BTCUSDT', 'ETHUSDT'), start='2024-01-01', end='2024-01-29', seed=4,
+      parameters=parameters).items()}
+  directory = tmp_path_factory.mktemp('strategist')
+  config = strategist_config.get_config('quick')
+  config.data.store_dir = str(directory / 'store')
+  config.data.splits.update(train=('2024-01-01', '2024-01-20'),
+                            validation=('2024-01-20', '2024-01-24'),
+                            test=('2024-01-24', '2024-01-29'))
+  config.model.update(context_length=16, hidden_size=32, num_layers=2, num_heads=2)
+  config.train.update(num_steps=200, eval_every_steps=100, max_eval_batches=5)
+  config.evaluation.update(conditioning_quantiles=(0.5, 0.9, 0.99), chunk_episodes=8)
+  results = strategist.run(config, directory / 'run', frames=frames)
+  return {'results': results, 'workdir': directory / 'run', 'frames': frames, 'config': config}
+
+
+def test_the_strategist_imitates_the_hindsight_oracle_better_than_random(trained):
+  imitation = trained['results']['test']['imitation']
+  assert imitation['episodes'] >= 20
+  ours, random = imitation['strategist'], imitation['random']
+  assert ours['balanced_accuracy'] > random['balanced_accuracy'] + 0.1
+  assert ours['f1_macro'] > random['f1_macro'] + 0.2
+  assert ours['balanced_accuracy'] > imitation['always_hold']['balanced_accuracy'] + 0.1
+  # Buys and sells of the oracle are recognised, not only its holds.
+  assert ours['per_class']['buy']['recall'] > 0.1 and ours['per_class']['sell']['recall'] > 0.1
+
+
+def test_the_run_writes_results_plots_and_comparable_backtests(trained):
+  results, workdir = trained['results'], trained['workdir']
+  saved = json.loads((workdir / 'results.json').read_text())
+  test = saved['test']
+  for key in ('strategist', 'buy_and_hold', 'heuristics', 'best_heuristic', 'conditioning_curve'):
+    assert key in test
+  for symbol in ('BTCUSDT', 'ETHUSDT'):
+    stats = test['strategist'][symbol]
+    assert set(strategist._STATS) <= set(stats)  # pylint: disable=protected-access
+    assert (workdir / 'test' / f'backtest_{symbol}' / 'equity.png').exists()
+  assert (workdir / 'test' / 'conditioning_curve.png').stat().st_size > 10_000
+  points = test['conditioning_curve']['points']
+  assert [p['target_return'] for p in points] == sorted(p['target_return'] for p in points)
+  assert all(p['episodes'] > 0 for p in points)
+  assert results['validation']['action_accuracy'] > 0.5
+  assert (workdir / 'tensorboard').exists() and (workdir / 'metrics.jsonl').exists()
+
+
+def test_bar_signals_are_causal_and_load_round_trips(trained):
+  task, params, config = strategist.load(trained['workdir'])
+  assert task.target_return == pytest.approx(trained['results']['conditioning_target_return'])
+  data, _ = strategist.make_data(config, normalizer=task.normalizer, frames=trained['frames'])
+  split = data['test']
+  signals = strategist.bar_signals(task, params, split, progress=False)
+  rows = split.source.rows
+  assert len(signals) == len(rows) and list(signals.columns) == [
+      'symbol', 'timestamp', *strategist.SIGNAL_COLUMNS]
+  assert str(signals['timestamp'].dtype) == 'datetime64[ns, UTC]'
+  assert set(signals['symbol']) == {'BTCUSDT', 'ETHUSDT'}
+  assert set(np.unique(signals['action'])) <= {0, 1, 2}
+  assert signals['target_position'].between(0, 1).all() and signals['size'].between(0, 1).all()
+  # Canonical actions: the position changes exactly where the action is not a hold (from flat
+  # on a chunk's first bar, where the rollout starts).
+  result = strategist.rollout(task, params, split.source.arrays, rows, [task.target_return],
+                              progress=False)
+  np.testing.assert_array_equal(result.position[0], signals['target_position'].to_numpy())
+  previous = np.where(result.chunk_start, 0.0, np.r_[0.0, result.position[0, :-1]])
+  np.testing.assert_array_equal(result.position[0] != previous, result.action[0] != tr.HOLD)
+  assert result.chunk_start.sum() >= 2 * (len(rows) // 2 // (8 * 16))
+  # No look-ahead: the signals of the first bars do not change when later bars are dropped.
+  keep = rows[:300]
+  prefix = strategist.rollout(task, params, split.source.arrays, keep, [task.target_return],
+                              progress=False)
+  np.testing.assert_array_equal(prefix.position[0], signals['target_position'].to_numpy()[:300])
+  # load() restored the params the run evaluated: the same predictions on every test episode.
+  imitation = strategist.imitation(task, params, split.source.arrays, rows)
+  assert imitation['strategist'] == trained['results']['test']['imitation']['strategist']
+  _, again, _ = strategist.load(trained['workdir'])
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+_DEVICES_SCRIPT = textwrap.dedent('''
+    import json, jax, numpy as np
+    from configs import strategist as strategist_config
+    from quantum_alpha_jax.tasks import strategist
+    from quantum_alpha_jax.train import state as state_lib
+    from quantum_alpha_jax.train import step as step_lib
+    assert jax.device_count() == 4, jax.devices()
+    config = strategist_config.get_config('quick')
+    config.model.update(context_length=6, hidden_size=16, num_layers=2, num_heads=2,
+                        dropout_rate=0.1)
+    # Adam's normalisation turns float noise in near-zero gradients into lr-sized steps; a large
+    # epsilon keeps the comparison about the data-parallel maths, not that amplification.
+    config.train.optimizer.update(learning_rate=1e-2, warmup_steps=0, schedule='constant',
+                                  eps=1e-3)
+    task = strategist.StrategistTask.from_config(config)
+    rng = np.random.default_rng(0)
+    batch = strategist.example_batch(task, 8)
+    batch.update(states=rng.normal(size=batch['states'].shape).astype(np.float32),
+                 rtg=rng.normal(size=(8, 6)).astype(np.float32),
+                 actions=rng.integers(0, 3, (8, 6)).astype(np.int32),
+                 sizes=rng.random((8, 6)).astype(np.float32),
+                 timesteps=np.tile(np.arange(6, dtype=np.int32), (8, 1)))
+    batch['size_mask'] = (batch['actions'] == 1).astype(np.float32)
+    batch['step_mask'] = np.ones((8, 6), np.float32)
+    batch['mask'] = np.array([1, 1, 1, 1, 1, 1, 1, 0], np.float32)
+    out = {}
+    for count in (1, 4):
+      mesh = step_lib.make_mesh(count)
+      optimizer, schedule = state_lib.make_optimizer(config.train.optimizer, 10)
+      params = task.init_params(jax.random.PRNGKey(0), batch)
+      state = step_lib.replicate(state_lib.TrainState.create(params, optimizer,
+                                                             jax.random.PRNGKey(1)), mesh)
+      train_step = step_lib.make_train_step(task.loss_fn, optimizer, schedule, mesh)
+      eval_step = step_lib.make_eval_step(task.loss_fn, mesh)
+      for _ in range(3):
+        state, metrics = train_step(state, step_lib.shard_batch(batch, mesh))
+      evaluated = step_lib.mean_metrics([eval_step(state.params, step_lib.shard_batch(batch, mesh))])
+      leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
+      out[count] = {'params': np.concatenate(leaves).tolist(), 'loss': float(metrics['loss']),
+                    'eval': evaluated['loss'],
+                    'shards': len(jax.tree.leaves(state.params)[0].sharding.device_set)}
+    print(json.dumps(out))
+''')
+
+
+def test_one_device_and_four_devices_give_the_same_train_steps():
+  environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+                     JAX_PLATFORMS='cpu')
+  completed = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT], cwd=REPOSITORY,
+                             env=environment, capture_output=True, text=True, timeout=300)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  out = json.loads(completed.stdout.strip().splitlines()[-1])
+  assert out['4']['shards'] == 4 and out['1']['shards'] == 1
+  np.testing.assert_allclose(out['1']['params'], out['4']['params'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out['1']['loss'], out['4']['loss'], rtol=1e-5)
+  np.testing.assert_allclose(out['1']['eval'], out['4']['eval'], rtol=1e-5)
+
+
+def test_bad_configs_are_clear_errors(tmp_path):
+  with pytest.raises(ConfigError, match='unknown variant'):
+    strategist_config.get_config('fast')
+  config = strategist_config.get_config('quick')
+  config.model.num_heads = 3
+  with pytest.raises(ConfigError, match='multiple of num_heads'):
+    strategist.StrategistTask.from_config(config)
+  config = strategist_config.get_config('quick')
+  config.trajectories.discount = 0.0
+  with pytest.raises(ConfigError, match='discount'):
+    strategist.StrategistTask.from_config(config)
+  config = strategist_config.get_config('quick')
+  config.evaluation.target_quantile = 0.42
+  with pytest.raises(ConfigError, match='target_quantile'):
+    strategist.target_from_quantiles(config, {'0.5': 0.0, '0.9': 0.01})
+  task = strategist.StrategistTask.from_config(strategist_config.get_config('quick'))
+  with pytest.raises(ConfigError, match='normaliser'):
+    strategist.rollout(task, None, None, np.arange(10), [0.0])
+  with pytest.raises(Exception, match='checkpoint'):
+    strategist.load(tmp_path / 'nothing')

@@ -1,0 +1,181 @@
+"""Offline trajectories: fee accounting by hand, RTG discounting, the hindsight DP, the source."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from quantum_alpha_jax.data import features
+from quantum_alpha_jax.data import synthetic
+from quantum_alpha_jax.data import trajectories as tr
+from quantum_alpha_jax.data import windows
+from quantum_alpha_jax.errors import ConfigError
+
+
+@pytest.fixture(scope='module')
+def market():
+  frames = synthetic.generate_market(('BTCUSDT', 'ETHUSDT'), start='2024-01-01', end='2024-01-09',
+                                     seed=2)
+  return {symbol: features.compute_features(frame) for symbol, frame in frames.items()}
+
+
+@pytest.fixture(scope='module')
+def datasets(market, tmp_path_factory):
+  spec = tr.TrajectorySpec(episode_length=12, stride=3, allow_short=False)
+  splits = [windows.Split('train', '2024-01-01', '2024-01-06'),
+            windows.Split('validation', '2024-01-06', '2024-01-09')]
+  data, normalizer = tr.make_datasets(market, spec, splits, 32,
+                                      tmp_path_factory.mktemp('cache'), num_devices=1,
+                                      shard_index=0, shard_count=1)
+  return spec, data, normalizer
+
+
+def test_rewards_match_a_hand_computed_episode_with_fees_and_slippage():
+  spec = tr.TrajectorySpec(episode_length=3, fee_rate=0.001, slippage_bps=1.0, reward_scale=2.0)
+  # Bars r-1 .. r+3. Enter from flat: buy at bar r+1's open, hold, sell at bar r+3's open.
+  open_price = np.array([[100.0, 101.0, 102.0, 103.0, 104.0]])
+  close = np.array([[100.5, 101.5, 102.5, 103.5, 104.5]])
+  rewards = tr.episode_rewards(np.zeros(1), np.array([[1.0, 1.0, 0.0]]), open_price, close, spec)
+  fee, slip = 0.001, 1e-4
+  equity_r = 10_000.0  # flat through bar r
+  buy_fill = 102.0 * (1 + slip)
+  units = equity_r / buy_fill  # target 1 of the equity at the open
+  cash = equity_r - units * buy_fill - fee * units * buy_fill
+  equity_1 = cash + units * 102.5
+  equity_2 = cash + units * 103.5
+  sell_fill = 104.0 * (1 - slip)
+  equity_3 = cash + units * sell_fill - fee * units * sell_fill
+  expected = 2.0 * np.log([equity_1 / equity_r, equity_2 / equity_1, equity_3 / equity_2])
+  np.testing.assert_allclose(rewards[0], expected, rtol=1e-12, atol=1e-14)
+  # An initial long held into the episode pays no fee when it is kept, and the total reward is
+  # the log of the final over the initial equity.
+  held = tr.episode_rewards(np.array([0.5]), np.array([[0.5, 0.5, 0.5]]), open_price, close, spec)
+  fill = 101.0 * (1 + slip)
+  units = 0.5 * 10_000.0 / fill
+  cash = 10_000.0 - units * fill - fee * units * fill
+  marks = cash + units * close[0, 1:]
+  np.testing.assert_allclose(held[0], 2.0 * np.diff(np.log(marks)), rtol=1e-12)
+
+
+def test_returns_to_go_match_a_direct_discounted_sum():
+  rng = np.random.default_rng(0)
+  rewards = rng.normal(size=(5, 17))
+  gamma = 0.9
+  got = tr.discounted_returns_to_go(rewards, gamma)
+  expected = np.array([[sum(gamma**k * row[t + k] for k in range(len(row) - t))
+                        for t in range(len(row))] for row in rewards])
+  np.testing.assert_allclose(got, expected, rtol=1e-12)
+  assert np.allclose(tr.discounted_returns_to_go(rewards, 1.0)[:, 0], rewards.sum(1))
+
+
+def test_hindsight_dp_is_the_brute_force_optimum():
+  rng = np.random.default_rng(1)
+  gains = rng.normal(0, 0.002, size=(30, 7))
+  cost = 0.0011
+  for allow_short, levels in ((False, (0.0, 1.0)), (True, (-1.0, 0.0, 1.0))):
+    initial = rng.choice(levels, size=30)
+    got = tr.hindsight_levels(gains, cost, initial, allow_short)
+    for episode in range(30):
+      def value(path):
+        previous = np.concatenate([[initial[episode]], path[:-1]])
+        return np.dot(path, gains[episode]) - cost * np.abs(np.asarray(path) - previous).sum()
+      best = max(value(np.array(path)) for path in itertools.product(levels, repeat=7))
+      assert value(got[episode]) == pytest.approx(best, abs=1e-12)
+
+
+def test_actions_and_positions_round_trip():
+  rng = np.random.default_rng(2)
+  for allow_short in (False, True):
+    low = -1.0 if allow_short else 0.0
+    positions = np.round(rng.choice([low, 0.0, 0.5, 1.0, 0.25], size=(20, 15)), 2)
+    initial = rng.choice([0.0, 0.5], size=20)
+    actions, sizes = tr.actions_from_positions(positions, initial)
+    assert set(np.unique(actions)) <= {tr.HOLD, tr.BUY, tr.SELL}
+    previous = initial.astype(np.float32)
+    for t in range(15):
+      previous = tr.next_position(previous, actions[:, t], sizes[:, t], allow_short)
+      np.testing.assert_array_equal(previous, positions[:, t].astype(np.float32))
+    if not allow_short:
+      assert np.all(sizes[actions == tr.SELL] == 0)
+
+
+def test_heuristics_are_causal():
+  rng = np.random.default_rng(3)
+  raw = np.abs(rng.normal(100, 5, size=(200, len(features.FEATURES))))
+  raw[:, features.FEATURES.index('RSI_14')] = rng.uniform(10, 90, 200)
+  for name in tr.HEURISTICS:
+    base = tr.heuristic_positions(name, raw, seed=4)
+    changed = raw.copy()
+    changed[120:] = rng.permutation(changed[120:])
+    np.testing.assert_array_equal(tr.heuristic_positions(name, changed, seed=4)[:120], base[:120])
+    assert base.min() >= 0 and base.max() <= 1
+
+
+def test_episodes_stay_in_one_segment_and_split_and_score_consistently(datasets):
+  spec, data, _ = datasets
+  for name, split in data.items():
+    source = split.source
+    arrays = source.arrays
+    starts = source.episodes['start_row']
+    span = starts[:, None] + np.arange(-1, spec.episode_length + 1)
+    segment = np.asarray(arrays.segment)[span]
+    assert np.all(segment == segment[:, :1])
+    times = np.asarray(arrays.timestamp)[span]
+    assert times.min() >= split.split.start_ns and times.max() < split.split.end_ns
+    assert np.all(np.isin(span, source.rows))
+    # The stored rewards are those of the engine on the episode's own bars.
+    rows = span[:5]
+    rewards = tr.episode_rewards(
+        source.episodes['initial_position'][:5], source.episodes['positions'][:5],
+        arrays.features[:, features.FEATURES.index('open')][rows].astype(np.float64),
+        np.asarray(arrays.close)[rows], spec)
+    np.testing.assert_allclose(source.episodes['rewards'][:5], rewards, rtol=1e-5, atol=1e-7)
+  assert len(data['train'].source) > len(data['validation'].source)
+  behaviours = data['train'].source.summary()['behaviours']
+  assert set(behaviours) == set(spec.behaviours)
+  # The exact hindsight oracle earns more than random trading, on average, after fees.
+  assert behaviours['oracle(noise=0)']['mean_return'] > behaviours['random']['mean_return'] + 1e-3
+
+
+def test_gather_builds_the_model_inputs(datasets):
+  spec, data, normalizer = datasets
+  source = data['train'].source
+  batch = source.gather(np.array([3, 0, -1]))
+  length = spec.episode_length
+  assert batch['states'].shape == (3, length, tr.STATE_SIZE)
+  assert batch['mask'].tolist() == [1.0, 1.0, 0.0]
+  assert np.all(batch['step_mask'][2] == 0) and np.all(batch['size_mask'][2] == 0)
+  np.testing.assert_array_equal(batch['timesteps'][0], np.arange(length))
+  # States: each bar normalised relative to itself, then the position held into the decision.
+  start = source.episodes['start_row'][3]
+  values = np.asarray(source.arrays.features[start:start + length], np.float32)
+  expected = normalizer.apply(values[:, None, :], values)[:, 0]
+  np.testing.assert_allclose(batch['states'][0, :, :-1], expected, rtol=1e-6, atol=1e-6)
+  positions = source.episodes['positions'][3]
+  previous = np.r_[source.episodes['initial_position'][3], positions[:-1]]
+  np.testing.assert_array_equal(batch['states'][0, :, -1], previous)
+  # Return tokens: rtg_scale times the discounted sum of the episode's rewards.
+  rewards = source.episodes['rewards'][3].astype(np.float64)
+  discounted = [sum(spec.discount**k * rewards[t + k] for k in range(length - t))
+                for t in range(length)]
+  np.testing.assert_allclose(batch['rtg'][0], spec.rtg_scale * np.array(discounted), rtol=1e-4,
+                             atol=1e-4)
+  # The normaliser was fitted on the training split's bars alone, one bar at a time.
+  assert normalizer.spec.encoder_length == 1 and normalizer.train_split.name == 'train'
+
+
+def test_bad_trajectory_settings_are_config_errors():
+  with pytest.raises(ConfigError, match='discount'):
+    tr.TrajectorySpec(episode_length=10, discount=1.5)
+  with pytest.raises(ConfigError, match='policies'):
+    tr.TrajectorySpec(episode_length=10, policies=('oracle', 'momentum'), policy_weights=(1, 1))
+  with pytest.raises(ConfigError, match='policy_weights'):
+    tr.TrajectorySpec(episode_length=10, policy_weights=(1.0,))
+  with pytest.raises(ConfigError, match='sizes'):
+    tr.TrajectorySpec(episode_length=10, sizes=(0.0, 1.5))
+  with pytest.raises(ConfigError, match='unknown keys'):
+    tr.TrajectorySpec.from_config({'strides': 4}, 10)
+  assert math.isclose(tr.TrajectorySpec(episode_length=4).cost, 0.0011)
