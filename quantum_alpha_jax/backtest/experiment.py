@@ -52,11 +52,7 @@ _COMPONENT_COLUMNS = {'oracle': ('p_up', 'uncertainty', 'q50'),
 
 def _record(workdir: pathlib.Path) -> dict[str, Any]:
   from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  checkpoints = checkpoint_lib.Checkpoints(workdir / 'checkpoints', read_only=True)
-  try:
-    return checkpoints.read_record()
-  finally:
-    checkpoints.close()
+  return checkpoint_lib.read_run_record(workdir)
 
 
 def _check_workdir(name: str, workdir: pathlib.Path) -> None:

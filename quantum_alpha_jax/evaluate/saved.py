@@ -51,11 +51,7 @@ def _record(workdir: pathlib.Path) -> dict[str, Any]:
     raise errors.ConfigError(errors.describe(
         'config.checkpoint', f'{workdir} holds no checkpoints',
         'pass the workdir of a training run (e.g. checkpoints/oracle-quick)'))
-  checkpoints = checkpoint_lib.Checkpoints(workdir / 'checkpoints', read_only=True)
-  try:
-    return checkpoints.read_record()
-  finally:
-    checkpoints.close()
+  return checkpoint_lib.read_run_record(workdir)
 
 
 def evaluation_data_config(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict

@@ -292,11 +292,7 @@ MODELS: dict[str, ModelEntry] = {
 def read_record(workdir: str | pathlib.Path) -> dict[str, Any]:
   """The latest JSON record of the run in ``workdir`` (config, best step, normaliser)."""
   from quantum_alpha_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  checkpoints = checkpoint.Checkpoints(pathlib.Path(workdir) / 'checkpoints', read_only=True)
-  try:
-    return checkpoints.read_record()
-  finally:
-    checkpoints.close()
+  return checkpoint.read_run_record(workdir)
 
 
 def load_inference(name: str, workdir: str | pathlib.Path) -> InferenceFunction:

@@ -112,6 +112,18 @@ class Checkpoints:
     self.manager.close()
 
 
+def read_run_record(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """The latest JSON record (config, best step, normaliser, ...) of the run in ``workdir``; read-only."""
+  if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
+    raise CheckpointError(describe(str(workdir), 'holds no checkpoints/ directory',
+                                   'pass the workdir of a training run (e.g. checkpoints/oracle-quick)'))
+  checkpoints = Checkpoints(pathlib.Path(workdir) / 'checkpoints', read_only=True)
+  try:
+    return checkpoints.read_record()
+  finally:
+    checkpoints.close()
+
+
 def load_best(workdir: str | pathlib.Path) -> tuple[Any, dict[str, Any]]:
   """Params of the best checkpoint (by the validation metric; the latest when the run never
   validated) of the run in ``workdir`` and the latest JSON record (``config``, ``best_step``,
