@@ -3,27 +3,7 @@
 python -m experiments.oracle --config=configs/oracle.py[:quick|:real] [--workdir=DIR]
 """
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
 from quantum_alpha_jax import cli
-from quantum_alpha_jax.tasks import oracle
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/oracle.py', 'Oracle config (file[:variant]).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Run directory (default checkpoints/<config.name>); resumes if it '
-                               'holds a run of the same config.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  results = oracle.run(config, _WORKDIR.value or cli.default_workdir(config.name))
-  print(oracle.format_results(results))
-
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.train_experiment('oracle', 'Oracle')

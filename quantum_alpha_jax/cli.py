@@ -89,3 +89,29 @@ def default_workdir(name: str) -> str:
   """``checkpoints/<name>`` under the repository (where a run goes without ``--workdir``)."""
   from pathlib import Path  # pylint: disable=g-import-not-at-top
   return str(Path(__file__).resolve().parents[1] / 'checkpoints' / name)
+
+
+def train_experiment(model: str, title: str) -> None:
+  """The whole entry point of a model's training experiment (``experiments/<model>.py``):
+  ``--config`` (default ``configs/<model>.py``) and ``--workdir`` (default
+  ``checkpoints/<config.name>``; resumes a run of the same config), then
+  ``tasks.<model>.run(config, workdir)`` and its ``format_results``."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flag = config_flags.DEFINE_config_file(
+      'config', f'configs/{model}.py', f'{title} config (file[:variant]).', lock_config=True)
+  workdir_flag = flags.DEFINE_string(
+      'workdir', None, 'Run directory (default checkpoints/<config.name>); resumes if it holds a '
+      'run of the same config.')
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    task = importlib.import_module(f'quantum_alpha_jax.tasks.{model}')
+    config = config_flag.value
+    results = task.run(config, workdir_flag.value or default_workdir(config.name))
+    print(task.format_results(results))
+
+  run(main)
