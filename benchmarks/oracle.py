@@ -46,6 +46,23 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def step_rates(train_step, state, device_batch, next_batch, steps: int, batch_size: int):
+  """Items/s of ``train_step`` after one warm-up step: on the same device batch again and again
+  (the model step alone), then on a fresh ``next_batch()`` every step (end to end, loader included).
+  Returns ``(state, metrics, model_step_rate, end_to_end_rate)``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  state, metrics = train_step(state, device_batch)
+  jax.block_until_ready(metrics)
+  rates = []
+  for fetch in (lambda: device_batch, next_batch):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = train_step(state, fetch())
+    jax.block_until_ready(metrics)
+    rates.append(steps * batch_size / (time.perf_counter() - start))
+  return state, metrics, rates[0], rates[1]
+
+
 def measure(dtype: str, steps: int, batch_size: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from configs import oracle as oracle_config  # pylint: disable=g-import-not-at-top
@@ -79,20 +96,9 @@ def measure(dtype: str, steps: int, batch_size: int) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops_per_sample = float(cost.get('flops', 0.0)) / batch_size
-    state, metrics = train_step(state, sharded)
-    jax.block_until_ready(metrics)
-    # Model step alone: the same device batch again and again.
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = train_step(state, sharded)
-    jax.block_until_ready(metrics)
-    model_step = steps * batch_size / (time.perf_counter() - start)
-    # End to end: a fresh batch from the Grain iterator every step.
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = train_step(state, step_lib.shard_batch(next(iterator), mesh))
-    jax.block_until_ready(metrics)
-    end_to_end = steps * batch_size / (time.perf_counter() - start)
+    state, metrics, model_step, end_to_end = step_rates(
+        train_step, state, sharded, lambda: step_lib.shard_batch(next(iterator), mesh), steps,
+        batch_size)
   return {'compute_dtype': dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
           'compile_seconds': compile_seconds, 'gflop_per_sample': flops_per_sample / 1e9,

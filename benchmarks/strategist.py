@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from benchmarks.oracle import matmul_gflops
+from benchmarks.oracle import step_rates
 from quantum_alpha_jax.cli import MALLOC_TUNABLES
 
 # name: (compute dtype, XLA_FLAGS, GLIBC_TUNABLES, attention-weight dropout, accumulation steps).
@@ -98,18 +99,9 @@ def measure(dtype: str, steps: int, batch_size: int, attention_dropout: float,
     flops_per_sequence = float(cost.get('flops', 0.0)) * accumulation_steps / batch_size
     hlo = compiled.as_text()
     dots = hlo.count(' dot(') + hlo.count('custom-call(')
-    state, metrics = train_step(state, sharded)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = train_step(state, sharded)
-    jax.block_until_ready(metrics)
-    model_step = steps * batch_size / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = train_step(state, step_lib.shard_batch(next(iterator), mesh))
-    jax.block_until_ready(metrics)
-    end_to_end = steps * batch_size / (time.perf_counter() - start)
+    state, metrics, model_step, end_to_end = step_rates(
+        train_step, state, sharded, lambda: step_lib.shard_batch(next(iterator), mesh), steps,
+        batch_size)
   model = task.model
   return {'compute_dtype': dtype, 'attention_dropout': attention_dropout,
           'accumulation_steps': accumulation_steps, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
