@@ -143,3 +143,59 @@ def test_ddpg_learns_the_planted_signal_and_beats_random_on_held_out_time(plante
   assert np.all(metrics['finite'] == 1)
   assert metrics['learning_fraction'][-1] == 1.0 and metrics['learning_fraction'][0] == 0.0
   _check_learned(report, 'ddpg', held_out)
+
+
+_DEVICES_SCRIPT = '''
+import json, sys
+import jax, numpy as np
+from jax.sharding import PartitionSpec
+from quantum_alpha_jax.rl import agent as agent_lib, ddpg, env, market, ppo
+from quantum_alpha_jax.train import step as step_lib
+
+features, open_price, close = market.planted_signal_market(1500, seed=3)
+out = {}
+for name, cls, cfg, mode in [
+    ('ppo', ppo.PPO, ppo.config(num_envs=8, num_steps=16, total_timesteps=8 * 16 * 3,
+                                 hidden_sizes=(16, 16), num_minibatches=2), 'discrete'),
+    ('ddpg', ddpg.DDPG, ddpg.config(num_envs=8, rollout_steps=8, total_timesteps=8 * 8 * 6,
+                                     hidden_sizes=(16, 16), buffer_size=512, batch_size=32,
+                                     learning_starts=64, gradient_steps=2), 'continuous')]:
+  params = env.make_params(features, open_price, close, episode_length=32, action_mode=mode)
+  agent = cls.from_config(cfg, params)
+  mesh = step_lib.make_mesh()
+  agent_lib.check_envs_split(agent.num_envs, mesh)
+  state = agent_lib.place_state(agent.init(jax.random.PRNGKey(0), params), mesh)
+  split = state.observation.addressable_shards[0].data.shape[0]
+  state, metrics = agent.train(state, params, agent.num_updates)
+  after = state.observation.addressable_shards[0].data.shape[0]
+  leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(agent.policy_params(state))]
+  out[name] = {'params': np.concatenate(leaves).tolist(), 'devices': mesh.size,
+               'per_device_envs': [split, after], 'loss': np.asarray(metrics['loss']).tolist()}
+print(json.dumps(out))
+'''
+
+
+def test_agents_split_environments_over_devices_and_match_one_device():
+  """PPO and DDPG on 4 (forced host) CPU devices, the environments split 2 per device, end with
+  the same params and losses as on 1 device (threefry keys are sharding-invariant)."""
+  from tests.devices import run_with_devices  # pylint: disable=g-import-not-at-top
+  one = run_with_devices(_DEVICES_SCRIPT, devices=1)
+  four = run_with_devices(_DEVICES_SCRIPT, devices=4)
+  for name in ('ppo', 'ddpg'):
+    assert one[name]['devices'] == 1 and four[name]['devices'] == 4
+    # Each device holds 2 of the 8 environments, before and after the jitted updates.
+    assert four[name]['per_device_envs'] == [2, 2] and one[name]['per_device_envs'] == [8, 8]
+    np.testing.assert_allclose(four[name]['loss'], one[name]['loss'], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(four[name]['params'], one[name]['params'], rtol=1e-4, atol=1e-5)
+    # The run did update the params (the comparison is not between two initialisations).
+    assert np.isfinite(one[name]['loss']).all()
+
+
+def test_environment_count_must_split_over_devices():
+  from quantum_alpha_jax.rl import agent as agent_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax import errors  # pylint: disable=g-import-not-at-top
+
+  class FakeMesh:
+    size = 4
+  with pytest.raises(errors.ConfigError, match='num_envs.*do not split over 4 devices'):
+    agent_lib.check_envs_split(6, FakeMesh())

@@ -28,6 +28,7 @@ import numpy as np
 
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.progress import Progress
+from quantum_alpha_jax.rl import agent as agent_lib
 from quantum_alpha_jax.rl import ddpg
 from quantum_alpha_jax.rl import env as env_lib
 from quantum_alpha_jax.rl import evaluate as evaluate_lib
@@ -50,6 +51,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       'eval_every_updates': 50,  # one jitted chunk, then validation and a checkpoint
       'log_every_updates': 5,
       'keep_checkpoints': 3,
+      'num_devices': 0,  # 0: every local device; the environments are split over them
       'progress_interval_seconds': 10.0,
   })
   config.update(overrides)
@@ -112,7 +114,10 @@ def train(config: ml_collections.ConfigDict, markets: Mapping[str, market_lib.Sp
   agent = make_agent(config.agent, train_params)
   evaluator = evaluate_lib.TapeEvaluator(agent.act)
   run_config = json.loads(json.dumps(config.to_dict(), default=str))
-  state = agent.init(jax.random.PRNGKey(config.train.seed), train_params)
+  mesh = step_lib.make_mesh(config.train.num_devices or None)
+  agent_lib.check_envs_split(agent.num_envs, mesh)
+  state = agent_lib.place_state(agent.init(jax.random.PRNGKey(config.train.seed), train_params),
+                                mesh)
   num_params = int(sum(np.size(x) for x in jax.tree.leaves(agent.policy_params(state))))
   checkpoints = checkpoint_lib.Checkpoints(
       workdir / 'checkpoints', keep=config.train.keep_checkpoints, keep_best=1,
@@ -128,6 +133,7 @@ def train(config: ml_collections.ConfigDict, markets: Mapping[str, market_lib.Sp
           str(workdir), f'holds a run with another config ({"; ".join(differences[:6])})',
           'pass a new --workdir, or delete the old one to start again'))
     state, record = checkpoints.restore(resume, state)
+    state = agent_lib.place_state(state, mesh)
     record['config'] = run_config
     logging.info('Resumed from %s at update %d', workdir / 'checkpoints', resume)
   writer = writers.MetricWriter(workdir, resume_step=resume)
@@ -142,6 +148,7 @@ def train(config: ml_collections.ConfigDict, markets: Mapping[str, market_lib.Sp
       count = min(config.train.eval_every_updates, agent.num_updates - update)
       start = time.perf_counter()
       state, metrics = agent.train(state, train_params, count)
+      state = agent_lib.place_state(state, mesh)  # keep the split the next chunk compiled for
       metrics = jax.device_get(metrics)
       seconds = time.perf_counter() - start
       rate = count * agent.steps_per_update / seconds
@@ -177,6 +184,7 @@ def train(config: ml_collections.ConfigDict, markets: Mapping[str, market_lib.Sp
   summary = {
       'agent': agent.name, 'updates': update, 'env_steps': update * agent.steps_per_update,
       'steps_per_update': agent.steps_per_update, 'num_params': num_params,
+      'num_devices': mesh.size,
       'best_update': best_update, 'best_validation': record['best_metrics'],
       'train_seconds': train_seconds,
       'env_steps_per_second': update * agent.steps_per_update / train_seconds

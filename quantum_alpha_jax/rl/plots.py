@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax.train import writers
+
 _COLORS = {'buy and hold': '#7f7f7f', 'random (seed 0)': '#ff7f0e'}
 
 
@@ -62,8 +64,7 @@ def plot_learning_curve(metrics_path: str | pathlib.Path, path: str | pathlib.Pa
     bottom.legend(fontsize=8)
   figure.tight_layout()
   path = pathlib.Path(path)
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  writers.save_figure(figure, path)
   return path
 
 
@@ -92,6 +93,5 @@ def plot_equity_curves(curves: Mapping[str, tuple[pd.DatetimeIndex, Mapping[str,
   figure.suptitle(title)
   figure.tight_layout()
   path = pathlib.Path(path)
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  writers.save_figure(figure, path)
   return path
