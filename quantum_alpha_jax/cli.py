@@ -1,4 +1,10 @@
-"""Runs an experiment's ``main`` with absl, turning user mistakes into one clear line, not a traceback."""
+"""Runs an experiment's ``main`` with absl, turning user mistakes into one clear line, not a traceback.
+
+Every entry point also takes the multi-process flags (:mod:`quantum_alpha_jax.distributed`):
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=K`` on each of N processes, or
+nothing under SLURM / Open MPI / a Cloud TPU pod, whose environment ``jax.distributed.initialize()``
+reads itself; ``--distributed=off`` forces a single process.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,25 @@ import sys
 from typing import Callable
 
 from absl import app
+from absl import flags
 from absl import logging as absl_logging
 
+from quantum_alpha_jax import distributed
+
 from quantum_alpha_jax.errors import QuantumAlphaError
+
+
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', distributed.MODES,
+    'Multi-process run through jax.distributed: "auto" when --coordinator_address (or '
+    'JAX_COORDINATOR_ADDRESS) is given or a SLURM / Open MPI / Cloud TPU job of several processes '
+    'is detected; "on" always (JAX detects the cluster); "off" never.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'HOST:PORT of process 0, where the JAX coordinator listens (the '
+    'same on every process).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.', lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.',
+                                   lower_bound=0)
 
 
 class _QuietLibraries(logging.Filter):
@@ -55,8 +77,15 @@ def run(main: Callable[[list[str]], None]) -> None:
   """``app.run(main)``; a bad ``--config.x`` override or a ``QuantumAlphaError`` exits with code 2."""
   ensure_malloc_tunables()
   quiet_libraries()
+
+  def distributed_main(argv: list[str]) -> None:
+    # After flag parsing, before the experiment touches JAX.
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
+    main(argv)
+
   try:
-    app.run(main)
+    app.run(distributed_main)
   except QuantumAlphaError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)
@@ -97,7 +126,6 @@ def train_experiment(model: str, title: str) -> None:
   ``checkpoints/<config.name>``; resumes a run of the same config), then
   ``tasks.<model>.run(config, workdir)`` and its ``format_results``."""
   import importlib  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   config_flag = config_flags.DEFINE_config_file(

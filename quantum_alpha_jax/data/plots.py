@@ -16,6 +16,8 @@ import pandas as pd
 
 from quantum_alpha_jax.data import schema
 
+from quantum_alpha_jax.train import writers
+
 REGIME_COLOURS = {'bull': '#2ca02c', 'bear': '#d62728', 'sideways': '#7f7f7f'}
 MAX_POINTS = 20_000  # per symbol; longer series are subsampled evenly for drawing
 
@@ -73,6 +75,5 @@ def plot_overview(frames: Mapping[str, pd.DataFrame], path: str | Path, title: s
     fig.suptitle(title)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  writers.save_figure(fig, path)
   return path

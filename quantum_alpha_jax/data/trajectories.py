@@ -547,8 +547,9 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
                                          shard_count=shard_count, num_devices=num_devices)
       steps = (len(source) // shard_count) // per_process
     else:
-      dataset = windows.evaluation_dataset(source, batch_size, shard_index=shard_index,
-                                           shard_count=shard_count, num_devices=num_devices)
+      # Whole in every process, as in windows.make_datasets (train.loop.evaluate shards it).
+      dataset = windows.evaluation_dataset(source, batch_size, shard_index=0, shard_count=1,
+                                           num_devices=num_devices)
       steps = len(dataset)
     result[split.name] = windows.SplitData(split, source, dataset, steps)
   return result, normalizer

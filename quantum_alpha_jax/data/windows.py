@@ -923,7 +923,8 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: WindowSpec,
                   normalizer_sample_size: int = 4096, shard_index: int | None = None,
                   shard_count: int | None = None,
                   num_devices: int | None = None) -> tuple[dict[str, SplitData], Normalizer]:
-  """Windows per split: ``train_split`` shuffled and repeated, the others single padded passes.
+  """Windows per split: ``train_split`` shuffled and repeated (this process's shard of each
+  global batch), the others single padded passes over the whole split (in every process).
 
   Fits the normaliser on ``train_split`` (unless one is given). Iterate with
   ``for batch in data['train'].iterator(): ...``.
@@ -950,8 +951,10 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: WindowSpec,
                                  num_devices=num_devices)
       steps = (len(source) // shard_count) // per_process
     else:
-      dataset = evaluation_dataset(source, batch_size, shard_index=shard_index,
-                                   shard_count=shard_count, num_devices=num_devices)
+      # Whole in every process: train.loop.evaluate shards it by process for the distributed
+      # validation, and evaluation after training runs process-locally over every window.
+      dataset = evaluation_dataset(source, batch_size, shard_index=0, shard_count=1,
+                                   num_devices=num_devices)
       steps = len(dataset)
     result[split.name] = SplitData(split, source, dataset, steps)
   return result, normalizer

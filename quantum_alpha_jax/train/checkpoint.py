@@ -1,6 +1,11 @@
 """Orbax checkpoints of a run: the latest N plus the best by validation metric, with the Grain
 iterator state and a JSON record (loop counters, normaliser, best so far), so resume is exact.
 
+With several processes (``jax.distributed``) every process calls ``save`` and ``restore``
+together: Orbax writes the shared files (arrays, the JSON record, metadata) from process 0 and each
+process's Grain iterator state as ``iterator/process_<k>-of-<n>.json``; this module writes no file
+of its own.
+
 Orbax writes each step to a temporary directory and renames it when complete; a directory left
 half-written by a kill is never listed as a step and is removed when the manager next opens.
 """
@@ -16,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from quantum_alpha_jax import distributed
 from quantum_alpha_jax.errors import QuantumAlphaError, describe
 
 
@@ -87,13 +93,17 @@ class Checkpoints:
 
   def restore_params(self, step: int) -> Any:
     """The ``params`` of the train state saved at ``step``, as saved (nested dicts of arrays);
-    needs no model or optimizer to describe the target."""
+    needs no model or optimizer to describe the target. A checkpoint written on other devices
+    (another device count, several hosts) is read onto this process's first device."""
     if step not in self.all_steps():
       raise CheckpointError(describe(
           f'{self.directory}', f'has no step {step} (steps: {self.all_steps()})',
           'the run was cleaned up or is still writing; pass the workdir of a finished run'))
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    state = restored['state']
+    # Saved on more devices (or hosts) than this process sees: restore onto its first device.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=local)))
+    state = distributed.process_local(restored['state'])
     if not isinstance(state, dict) or 'params' not in state:
       raise CheckpointError(describe(f'{self.directory}/{step}', 'holds no train state params',
                                      'pass the workdir of a run of the shared trainer'))

@@ -10,17 +10,21 @@ from absl import logging
 import ml_collections
 import pandas as pd
 
+from quantum_alpha_jax import distributed
 from quantum_alpha_jax.data import pipeline
 from quantum_alpha_jax.data import store as store_lib
 from quantum_alpha_jax.data import windows
 
 
 def load_frames(data_config: ml_collections.ConfigDict) -> dict[str, pd.DataFrame]:
-  """The store's feature frames for ``data_config.symbols``; builds the store first if absent."""
+  """The store's feature frames for ``data_config.symbols``; builds the store first if absent
+  (process 0 alone, when there are several)."""
   root = pathlib.Path(data_config.store_dir)
-  if not (root / 'store.json').exists():
+  # With several processes, process 0 builds a missing store while the others wait for it.
+  if not (root / 'store.json').exists() and distributed.is_primary():
     logging.info('No feature store at %s yet: building it from config.data', root)
     print(pipeline.format_summary(pipeline.build_store(data_config)))
+  distributed.barrier('feature-store')
   return store_lib.read_store(root, data_config.symbols)
 
 

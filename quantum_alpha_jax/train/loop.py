@@ -8,6 +8,10 @@ A task is any object with
 
 ``train_and_evaluate(config, task, data, workdir)`` trains on ``data['train']``, evaluates on
 ``data['validation']`` and returns the best params by the validation metric.
+
+Several processes (``jax.distributed``, see :mod:`quantum_alpha_jax.distributed`) run this loop in
+lockstep: each feeds its shard of every global batch, all save each checkpoint together, and only
+process 0 writes logs. The returned params are then a process-local copy.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from quantum_alpha_jax import distributed
 from quantum_alpha_jax.data.windows import SplitData
+from quantum_alpha_jax.data.windows import evaluation_dataset
+from quantum_alpha_jax.data.windows import make_iterator
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.progress import Progress
 from quantum_alpha_jax.train import checkpoint as checkpoint_lib
@@ -64,7 +71,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       'validation_metric': 'loss',
       'validation_mode': 'min',
       'keep_checkpoints': 3,
-      'compute_dtype': 'float32',
+      'compute_dtype': 'auto',  # bfloat16 on GPU/TPU, float32 on CPU
       'accumulation_steps': 1,
       'num_devices': 0,  # 0: every device
       'num_workers': 0,  # Grain worker processes for the training batches
@@ -87,12 +94,22 @@ class TrainResult:
 
 
 def evaluate(eval_step: Callable[..., Any], params: Any, split: SplitData,
-             mesh: jax.sharding.Mesh, max_batches: int = 0) -> dict[str, float]:
-  """Exact means of the task metrics over ``split`` (padding rows masked), or its first batches."""
+             mesh: jax.sharding.Mesh, max_batches: int = 0, *,
+             batch_size: int | None = None) -> dict[str, float]:
+  """Exact means of the task metrics over ``split`` (padding rows masked), or its first batches.
+
+  With several processes, each feeds every ``process_count``-th window of the (whole) split in
+  global batches of ``batch_size`` (default: the split's batch); the means are the same.
+  """
+  dataset, steps = split.dataset, split.steps_per_epoch
+  if jax.process_count() > 1:
+    batch_size = batch_size or int(np.shape(split.dataset[0]['mask'])[0])
+    dataset = evaluation_dataset(split.source, batch_size, shard_index=jax.process_index(),
+                                 shard_count=jax.process_count())
+    steps = len(dataset)
   sums = []
-  iterator = split.iterator()
-  limit = split.steps_per_epoch if max_batches <= 0 else min(max_batches, split.steps_per_epoch)
-  for _, batch in zip(range(limit), iterator):
+  limit = steps if max_batches <= 0 else min(max_batches, steps)
+  for _, batch in zip(range(limit), make_iterator(dataset)):
     sums.append(eval_step(params, step_lib.shard_batch(batch, mesh)))
   return step_lib.mean_metrics(jax.device_get(sums))
 
@@ -219,7 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
         flush_train_metrics()
       if step % eval_every == 0 or step == total_steps:
         flush_train_metrics()
-        evaluated = evaluate(eval_step, state.params, validation, mesh, config.max_eval_batches)
+        evaluated = evaluate(eval_step, state.params, validation, mesh, config.max_eval_batches,
+                             batch_size=config.batch_size)
         writer.write(step, 'validation', evaluated)
         value = evaluated[config.validation_metric]
         if _improved(value, (record['best_metrics'] or {}).get(config.validation_metric),
@@ -256,14 +274,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
       'steps': step, 'total_steps': total_steps, 'epochs': step / train.steps_per_epoch,
       'steps_per_epoch': train.steps_per_epoch, 'batch_size': config.batch_size,
       'num_devices': mesh.size, 'num_processes': jax.process_count(),
-      'compute_dtype': config.compute_dtype, 'num_params': num_params,
+      'compute_dtype': step_lib.resolve_compute_dtype(config.compute_dtype), 'num_params': num_params,
       'stopped_early': bool(record['stopped_early']), 'best_step': best_step,
       'best_validation': record['best_metrics'], 'last_train': last_train,
       'train_seconds': train_seconds,
       'samples_per_second': step * config.batch_size / train_seconds if train_seconds else None,
       'windows': {name: split.num_windows for name, split in data.items()},
   }
-  return TrainResult(params=best_state.params, best_step=best_step,
+  # With several processes the params leave as a copy local to each process: work after training
+  # (evaluation, plots, export) must not start collectives that other processes never join.
+  return TrainResult(params=distributed.process_local(best_state.params), best_step=best_step,
                      best_metrics=dict(record['best_metrics'] or {}), summary=summary,
                      state=state)
 

@@ -1,6 +1,10 @@
 """Run logs: TensorBoard event files (tensorboardX, no TensorFlow), ``metrics.jsonl`` and
 ``results.json`` in the workdir.
 
+In a multi-process run only process 0 writes (:func:`distributed.is_primary`): the other
+processes get a :class:`MetricWriter` that writes nothing, and :func:`write_json`,
+:func:`write_results` and :func:`save_figure` return the path without touching the file.
+
 On resume from step s the writers drop whatever the killed run logged after s (TensorBoard's
 ``purge_step``, and a rewrite of ``metrics.jsonl``), so curves never show the same step twice.
 """
@@ -16,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax import distributed
 from quantum_alpha_jax.data.store import atomic_write
 from quantum_alpha_jax.data.store import atomic_write_json
 
@@ -40,13 +45,18 @@ def json_ready(value: Any) -> Any:
 
 
 class MetricWriter:
-  """``write(step, split, metrics)`` to TensorBoard (tag ``split/name``) and ``metrics.jsonl``."""
+  """``write(step, split, metrics)`` to TensorBoard (tag ``split/name``) and ``metrics.jsonl``;
+  in every process but process 0 it writes nothing."""
 
   def __init__(self, workdir: str | pathlib.Path, resume_step: int | None = None,
                tensorboard: bool = True):
     self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
     self.jsonl = self.workdir / 'metrics.jsonl'
+    self.tensorboard = None
+    self._file = None
+    if not distributed.is_primary():
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
     if resume_step is not None and self.jsonl.exists():
       kept = []
       for line in self.jsonl.read_text().splitlines():
@@ -59,7 +69,6 @@ class MetricWriter:
       atomic_write(self.jsonl, lambda path: pathlib.Path(path).write_text(text, encoding='utf-8'))
     elif resume_step is None and self.jsonl.exists():
       self.jsonl.unlink()
-    self.tensorboard = None
     if tensorboard:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       self.tensorboard = tensorboardX.SummaryWriter(
@@ -68,6 +77,8 @@ class MetricWriter:
     self._file = open(self.jsonl, 'a', encoding='utf-8')
 
   def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
+    if self._file is None:
+      return
     scalars = {name: float(value) for name, value in metrics.items()
                if np.ndim(value) == 0 and isinstance(float(value), float)}
     record = {'step': int(step), 'split': split, 'time': round(time.time(), 3)}
@@ -80,23 +91,36 @@ class MetricWriter:
           self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
 
   def flush(self) -> None:
-    self._file.flush()
+    if self._file is not None:
+      self._file.flush()
     if self.tensorboard is not None:
       self.tensorboard.flush()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self.tensorboard is not None:
       self.tensorboard.close()
 
 
 def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
-  """Writes ``results.json`` atomically (NaN → null) and returns its path."""
+  """Writes ``results.json`` atomically (NaN → null) and returns its path (process 0 only)."""
   return write_json(pathlib.Path(workdir) / 'results.json', results)
 
 
 def write_json(path: str | pathlib.Path, payload: Mapping[str, Any]) -> pathlib.Path:
-  """Writes a JSON file atomically (NaN → null)."""
+  """Writes a JSON file atomically (NaN → null); process 0 only."""
   path = pathlib.Path(path)
-  atomic_write_json(path, json_ready(payload))
+  if distributed.is_primary():
+    atomic_write_json(path, json_ready(payload))
+  return path
+
+
+def save_figure(figure: Any, path: str | pathlib.Path, dpi: int = 110) -> pathlib.Path:
+  """Saves a matplotlib ``figure`` as ``path`` (process 0 only) and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  if distributed.is_primary():
+    figure.savefig(path, dpi=dpi)
+  plt.close(figure)
   return path
