@@ -5,7 +5,10 @@ dict of scalars that are means over the batch's real items (``batch['mask'] == 1
 PRNG key in training and ``None`` in evaluation (the model then runs deterministically).
 
 The step casts the params and the floating batch arrays to ``compute_dtype``; gradients flow back
-through the cast, so master params, optimizer state and the loss reduction stay fp32. The batch is
+through the cast, so master params, optimizer state and the loss reduction stay fp32.
+``compute_dtype='auto'`` (the configs' default) resolves from ``jax.default_backend()``: bfloat16 on
+GPU and TPU, whose matrix units run bf16 at many times their fp32 rate, and float32 on CPU, where
+XLA's CPU kernels gain nothing from bf16. The batch is
 sharded on its leading axis over the mesh's ``data`` axis and the state is replicated, so XLA
 inserts the gradient all-reduce; 1 device and N devices compute the same update.
 """
@@ -28,6 +31,8 @@ LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array | None],
                   tuple[jax.Array, Mapping[str, jax.Array]]]
 DATA_AXIS = 'data'
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+AUTO_DTYPE = 'auto'
+ACCELERATOR_BACKENDS = ('gpu', 'cuda', 'rocm', 'tpu')
 
 
 class NonFiniteLossError(QuantumAlphaError):
@@ -45,11 +50,21 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def compute_dtype(name: str) -> jnp.dtype:
+def resolve_compute_dtype(name: str, backend: str | None = None) -> str:
+  """The dtype name ``name`` stands for: ``'auto'`` → ``'bfloat16'`` on a GPU/TPU ``backend``
+  (default ``jax.default_backend()``), ``'float32'`` otherwise; an explicit name is returned as is."""
+  if name == AUTO_DTYPE:
+    backend = jax.default_backend() if backend is None else backend
+    return 'bfloat16' if backend.lower() in ACCELERATOR_BACKENDS else 'float32'
   if name not in COMPUTE_DTYPES:
     raise ConfigError(describe('config.compute_dtype', f'unknown dtype {name!r}',
-                               f'use one of {sorted(COMPUTE_DTYPES)}'))
-  return COMPUTE_DTYPES[name]
+                               f'use {AUTO_DTYPE!r} or one of {sorted(COMPUTE_DTYPES)}'))
+  return name
+
+
+def compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
+  """The jnp dtype of ``name`` (``'auto'`` resolved by :func:`resolve_compute_dtype`)."""
+  return COMPUTE_DTYPES[resolve_compute_dtype(name, backend)]
 
 
 def cast_floating(tree: Any, dtype: jnp.dtype) -> Any:
