@@ -1,61 +1,59 @@
-"""Trading-environment and PPO throughput on this CPU, and stable-baselines3 PPO beside it.
+"""Trading-environment and PPO throughput, this project against stable-baselines3, side by side.
 
-  python -m benchmarks.rl [--envs 1,16,256,1024,4096] [--updates 3] [--sb3-python PATH]
+  /tmp/benchenv/bin/python -m benchmarks.rl [--envs 1,64] [--ppo-envs 64] [--updates 2]
+                                            [--rounds 3] [--threads 2]
 
-1. Environment steps per second with policy inference: a jitted ``lax.scan`` of PPO's actor-critic
-   (64x64, tanh) sampling an action for each of N environments, then ``vmap(env.step)`` (fill, fee,
-   reward, automatic reset), on the quick store's training split (44 features).
-2. PPO update throughput: environment steps per second of the whole jitted training loop
-   (rollout, GAE, 4 epochs x 8 minibatches of Adam steps) at the default config (256 environments
-   x 128 steps) and at 1024 environments.
-3. stable-baselines3 PPO (same network, rollout length, epochs and minibatches per epoch;
-   ``DummyVecEnv`` of a gymnasium environment with the same semantics in numpy, checked against
-   this one on a recorded episode: benchmarks/rl_sb3.py) run by ``--sb3-python``, an interpreter
-   with torch, gymnasium and stable-baselines3 (not project dependencies: ``python3 -m venv
-   /tmp/sb3env && /tmp/sb3env/bin/pip install torch stable-baselines3 gymnasium``). It prints
-   SB3's environment steps/s with policy inference and its PPO learn steps/s, and the ratios
-   (target >= 100x). torch runs on 1 thread by default, its fastest here.
+One parent alternates two children (``benchmarks.side_by_side.alternate``: same pinned CPUs, same
+thread count) for ``--rounds`` rounds on the training split of the quick synthetic store (44
+features, episodes of 512 bars), and prints the medians and the median per-round ratios:
 
-Timings are medians of repeats after a compile run; on a shared machine they are noisy.
+1. Environment steps per second with policy inference at each ``--envs`` count. Ours: a jitted
+   ``lax.scan`` of PPO's actor-critic (64x64, tanh) sampling an action for each of N environments,
+   then ``vmap(env.step)`` (fill, fee, reward, automatic reset); compiled once before timing. SB3
+   (benchmarks/rl_sb3.py): ``model.predict`` + ``DummyVecEnv.step`` of a gymnasium environment with
+   the same semantics in numpy, checked against ours on a recorded episode (the parity line).
+2. PPO training loop, environment steps per second: ``--ppo-envs`` environments x 128 steps, 4
+   epochs x 8 minibatches, Adam. Ours: ``--updates`` updates under one jit, after a compile run;
+   SB3: ``model.learn`` of ``--updates`` updates after a one-update warm-up.
+
+torch runs with 1 intra-op thread by default (``--sb3-torch-threads``; its fastest for a 64x64 MLP
+on this machine), in a process pinned to the same CPUs as ours. The older wide sweep of our side
+alone (up to 4096 environments) is ``--ours-only --envs 1,16,256,1024,4096``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from configs import data as data_config_lib
-from quantum_alpha_jax.rl import env as env_lib
-from quantum_alpha_jax.rl import market as market_lib
-from quantum_alpha_jax.rl import networks
-from quantum_alpha_jax.rl import ppo
+from benchmarks import side_by_side
 
 TARGET_RATIO = 100.0
-SB3_SCRIPT = pathlib.Path(__file__).with_name('rl_sb3.py')
 
 
-def quick_market(episode_length: int = 512) -> market_lib.SplitMarket:
+def quick_market(episode_length: int = 512):
   """The training split of the quick synthetic store (built if missing)."""
+  from configs import data as data_config_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.rl import market as market_lib  # pylint: disable=g-import-not-at-top
   markets, _ = market_lib.build_markets(data_config_lib.get_config('quick'),
                                         market_lib.env_config(episode_length=episode_length))
   return markets['train']
 
 
-def environment_steps(params: env_lib.EnvParams, num_envs: int, steps: int,
-                      repeats: int = 3) -> tuple[float, float]:
+def environment_steps(params, num_envs: int, steps: int, repeats: int = 3) -> tuple[float, float]:
   """Environment steps per wall-clock second and per CPU second (all threads) of ``num_envs``
   environments driven by a 64x64 policy."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.rl import env as env_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.rl import networks  # pylint: disable=g-import-not-at-top
   network = networks.ActorCritic(params.num_actions, (64, 64))
   key = jax.random.PRNGKey(0)
   observation, state = jax.vmap(env_lib.reset, in_axes=(0, None))(
@@ -88,10 +86,12 @@ def environment_steps(params: env_lib.EnvParams, num_envs: int, steps: int,
   return num_envs * steps / statistics.median(walls), num_envs * steps / statistics.median(cpus)
 
 
-def ppo_throughput(params: env_lib.EnvParams, num_envs: int, updates: int,
+def ppo_throughput(params, num_envs: int, updates: int,
                    repeats: int = 2) -> tuple[float, float, float]:
   """(env steps per wall second, per CPU second, compile seconds) of ``updates`` PPO updates under
   one jit at the default PPO config with ``num_envs`` environments."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.rl import ppo  # pylint: disable=g-import-not-at-top
   agent_config = ppo.config(num_envs=num_envs)
   agent_config.total_timesteps = agent_config.num_steps * num_envs * updates * (repeats + 1)
   agent = ppo.PPO.from_config(agent_config, params)
@@ -112,88 +112,26 @@ def ppo_throughput(params: env_lib.EnvParams, num_envs: int, updates: int,
           first - statistics.median(walls))
 
 
-def run_sb3(python: str, split_market: market_lib.SplitMarket, timesteps: int,
-            num_envs: int, threads: int) -> dict | None:
-  """Runs benchmarks/rl_sb3.py under ``python`` on the same arrays; its JSON line, or None."""
-  params = split_market.params
-  with tempfile.TemporaryDirectory() as directory:
-    arrays = pathlib.Path(directory) / 'market.npz'
-    np.savez(arrays, features=np.asarray(params.features), open=np.asarray(params.open),
-             close=np.asarray(params.close), starts=np.asarray(params.starts))
-    command = [python, str(SB3_SCRIPT), '--arrays', str(arrays), '--timesteps', str(timesteps),
-               '--envs', str(num_envs), '--episode-length', str(params.episode_length),
-               '--fee-rate', str(params.fee_rate), '--slippage-bps', str(params.slippage_bps),
-               '--threads', str(threads)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False,
-                               env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-  if completed.returncode != 0:
-    print(f'stable-baselines3 run failed:\n{completed.stderr[-2000:]}')
-    return None
-  return json.loads(completed.stdout.strip().splitlines()[-1])
+def stepping_length(num_envs: int) -> int:
+  return max(64, min(4096, 2_000_000 // (num_envs * 64)))
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--envs', default='1,16,256,1024,4096')
-  parser.add_argument('--updates', type=int, default=3)
-  parser.add_argument('--sb3-python', default='/tmp/sb3env/bin/python')
-  parser.add_argument('--sb3-timesteps', type=int, default=16_384)
-  parser.add_argument('--sb3-envs', type=int, default=8)
-  parser.add_argument('--sb3-threads', type=int, default=1,
-                      help='torch threads; 1 is its fastest here (2 threads spin on 2 busy cores)')
-  args = parser.parse_args()
-  split_market = quick_market()
-  params = split_market.params
-  print(f'jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; quick '
-        f'store training split: {params.close.shape[0]:,} bars, {params.num_features} features, '
-        f'observation {params.observation_size}, episodes of {params.episode_length}')
-  print('\nenvironment steps/s with policy inference (64x64 actor-critic, sampled actions):')
-  print('   envs    per wall second    per CPU second')
-  rollouts = {}
+def ours_child(args) -> None:
+  side_by_side.apply_threads()
+  params = quick_market().params
+  result = {}
   for count in (int(n) for n in args.envs.split(',')):
-    steps = max(64, min(4096, 2_000_000 // (count * 64)))
-    wall, cpu = environment_steps(params, count, steps)
-    rollouts[count] = wall
-    print(f'  {count:>5} {wall:>16,.0f} {cpu:>17,.0f}')
-  print('\nPPO, the whole jitted training loop (rollout, GAE, 4 epochs x 8 minibatches), '
-        'env steps/s:')
-  ours = {}
-  for count in (256, 1024):
-    wall, cpu, compile_seconds = ppo_throughput(params, count, args.updates)
-    ours[count] = (wall, cpu)
-    print(f'  {count:>5} envs x 128 steps: {wall:>10,.0f} per wall second, {cpu:>10,.0f} per CPU '
-          f'second (jit compile {compile_seconds:.1f} s)')
-  if not pathlib.Path(args.sb3_python).exists():
-    print(f'\nstable-baselines3: no interpreter at {args.sb3_python} (see the module docstring); '
-          'no comparison')
-    return
-  result = run_sb3(args.sb3_python, split_market, args.sb3_timesteps, args.sb3_envs,
-                   args.sb3_threads)
-  if result is None:
-    return
-  print(f'\nstable-baselines3 {result["version"]} (torch {result["torch"]}, '
-        f'{result["threads"]} threads), {args.sb3_envs} envs:')
-  print(f'  environment alone (random actions, one env): {result["env_steps_per_second"]:,.0f} '
-        'steps/s')
-  print(f'  environment steps with policy inference (model.predict + DummyVecEnv.step): '
-        f'{result["rollout_steps_per_second"]:,.0f} steps/s')
-  print(f'  PPO learn ({result["timesteps"]:,} steps, n_steps 128, 4 epochs, batch '
-        f'{result["batch_size"]}): {result["ppo_steps_per_second"]:,.0f} per wall second, '
-        f'{result["ppo_steps_per_cpu_second"]:,.0f} per CPU second')
-  print(f'  parity: equity of a fixed action sequence, gymnasium vs this environment: '
-        f'{_parity(params, result)}')
-  best_rollout = max(rollouts.values())
-  print(f'speed-up of environment steps with policy inference: '
-        f'{best_rollout / result["rollout_steps_per_second"]:.0f}x (best of ours, wall clock)')
-  wall, cpu = ours[256]
-  print(f'speed-up of the jitted PPO loop (256 envs) over SB3: '
-        f'{wall / result["ppo_steps_per_second"]:.0f}x per wall second, '
-        f'{cpu / result["ppo_steps_per_cpu_second"]:.0f}x per CPU second '
-        f'(target >= {TARGET_RATIO:g}x)')
+    result[f'env_steps_{count}'], _ = environment_steps(params, count, stepping_length(count))
+  wall, cpu, compile_seconds = ppo_throughput(params, args.ppo_envs, args.updates)
+  result.update(ppo_steps=wall, ppo_steps_per_cpu_second=cpu, ppo_compile_seconds=compile_seconds)
+  side_by_side.emit(result)
 
 
-def _parity(params: env_lib.EnvParams, result: dict) -> str:
-  """Replays the gymnasium environment's recorded episode here and compares the equity."""
+def parity(params, result: dict) -> float:
+  """Replays the gymnasium environment's recorded episode here; max relative equity difference."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.rl import env as env_lib  # pylint: disable=g-import-not-at-top
   row, actions = result['parity_start'], np.asarray(result['parity_actions'])
 
   def body(state, action):
@@ -202,8 +140,85 @@ def _parity(params: env_lib.EnvParams, result: dict) -> str:
     return state, state.equity
 
   _, equity = jax.lax.scan(body, env_lib.initial_state(row), jnp.asarray(actions))
-  difference = np.max(np.abs(np.asarray(equity) / np.asarray(result['parity_equity']) - 1))
-  return f'max relative difference {difference:.1e} over {len(actions)} steps'
+  return float(np.max(np.abs(np.asarray(equity) / np.asarray(result['parity_equity']) - 1)))
+
+
+def ours_only(args) -> None:
+  """Our side alone, in this process: the wide sweep of environment counts."""
+  import jax  # pylint: disable=g-import-not-at-top
+  params = quick_market().params
+  print(f'jax {jax.__version__}, {os.cpu_count()} CPUs; observation {params.observation_size}')
+  print('   envs    per wall second    per CPU second')
+  for count in (int(n) for n in args.envs.split(',')):
+    wall, cpu = environment_steps(params, count, stepping_length(count))
+    print(f'  {count:>5} {wall:>16,.0f} {cpu:>17,.0f}')
+  wall, cpu, compile_seconds = ppo_throughput(params, args.ppo_envs, args.updates)
+  print(f'PPO, {args.ppo_envs} envs x 128 steps: {wall:,.0f} env steps per wall second, '
+        f'{cpu:,.0f} per CPU second (jit compile {compile_seconds:.1f} s)')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--envs', default='1,64')
+  parser.add_argument('--ppo-envs', type=int, default=64)
+  parser.add_argument('--updates', type=int, default=2)
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--threads', type=int, default=2)
+  parser.add_argument('--sb3-torch-threads', type=int, default=1)
+  parser.add_argument('--sb3-seconds', type=float, default=1.5,
+                      help='wall seconds per SB3 stepping measurement')
+  parser.add_argument('--ours-only', action='store_true')
+  parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    ours_child(args)
+    return
+  if args.ours_only:
+    ours_only(args)
+    return
+  if importlib.util.find_spec('stable_baselines3') is None:
+    print('stable-baselines3 is not installed (pip install -e .[bench]): our side only')
+    ours_only(args)
+    return
+
+  split_market = quick_market()
+  params = split_market.params
+  counts = [int(n) for n in args.envs.split(',')]
+  threads = len(side_by_side.cpu_list(args.threads))
+  with tempfile.TemporaryDirectory() as directory:
+    arrays = pathlib.Path(directory) / 'market.npz'
+    np.savez(arrays, features=np.asarray(params.features), open=np.asarray(params.open),
+             close=np.asarray(params.close), starts=np.asarray(params.starts))
+    shared = ['--envs', args.envs, '--ppo-envs', str(args.ppo_envs), '--updates',
+              str(args.updates)]
+    sides = {
+        'ours': ['-m', 'benchmarks.rl', '--child', *shared],
+        'sb3': ['-m', 'benchmarks.rl_sb3', '--arrays', str(arrays), *shared,
+                '--seconds', str(args.sb3_seconds), '--episode-length',
+                str(params.episode_length), '--fee-rate', str(params.fee_rate),
+                '--slippage-bps', str(params.slippage_bps),
+                '--torch-threads', str(args.sb3_torch_threads)],
+    }
+    results = side_by_side.alternate(sides, args.rounds, threads)
+  ours, sb3 = results['ours'], results['sb3']
+  first = sb3[0]
+  print(f'\nquick store training split: {params.close.shape[0]:,} bars, observation '
+        f'{params.observation_size}; {threads} pinned CPUs, {args.rounds} alternating rounds; '
+        f'stable-baselines3 {first["version"]} (torch {first["torch"]}, '
+        f'{first["torch_threads"]} intra-op thread(s))')
+  print(f'parity: equity of a fixed 300-action episode, gymnasium vs ours: max relative '
+        f'difference {parity(params, first):.1e}')
+  print(f'{"env steps/s (median)":44s} {"ours":>12s} {"SB3":>10s} {"ours ahead":>10s}')
+  rows = [(f'with policy inference, {count} env{"s" if count > 1 else ""}', f'env_steps_{count}')
+          for count in counts]
+  rows.append((f'PPO training loop, {args.ppo_envs} envs x 128 steps', 'ppo_steps'))
+  for label, key in rows:
+    print(f'{label:44s} {side_by_side.median(ours, key):12,.0f} '
+          f'{side_by_side.median(sb3, key):10,.0f} '
+          f'{side_by_side.median_ratio(ours, sb3, key):9.1f}x')
+  print(f'ours: PPO jit compile {side_by_side.median(ours, "ppo_compile_seconds"):.1f} s (not '
+        f'timed); PPO per CPU second: ours {side_by_side.median(ours, "ppo_steps_per_cpu_second"):,.0f}'
+        f', SB3 {side_by_side.median(sb3, "ppo_steps_per_cpu_second"):,.0f}')
 
 
 if __name__ == '__main__':

@@ -1,11 +1,14 @@
 """stable-baselines3 PPO on a gymnasium version of the trading environment (for benchmarks/rl.py).
 
-Runs under an interpreter with numpy, torch, gymnasium and stable-baselines3 only (no JAX, no
-project imports). The environment has the semantics of quantum_alpha_jax/rl/env.py with
+A child of ``python -m benchmarks.rl`` (``python -m benchmarks.rl_sb3 --arrays market.npz ...``):
+needs numpy, torch, gymnasium and stable-baselines3, and of this project only
+``benchmarks.side_by_side`` (no JAX). The environment has the semantics of quantum_alpha_jax/rl/env.py with
 ``lookback=1``, discrete actions (hold, buy, sell), long-only, and a trade only when the target
 changes: the decision at bar t fills at bar t+1's open with slippage and a fee, the reward is the
 log-return of the equity marked at the closes, episodes start at a random row of ``starts`` and are
-truncated after ``episode_length`` steps. Prints one JSON line.
+truncated after ``episode_length`` steps. Prints one ``RESULT {json}`` line: environment steps/s
+with policy inference (``model.predict`` + ``DummyVecEnv.step``) at each ``--envs`` count, PPO
+``learn`` steps/s with ``--ppo-envs`` environments, and a recorded episode for the parity check.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import time
 
 import gymnasium as gym
 import numpy as np
+
+from benchmarks import side_by_side
 
 
 class TradingEnv(gym.Env):
@@ -77,18 +82,22 @@ class TradingEnv(gym.Env):
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--arrays', required=True)
-  parser.add_argument('--timesteps', type=int, default=16_384)
-  parser.add_argument('--envs', type=int, default=8)
+  parser.add_argument('--envs', default='1,64', help='counts for the stepping measurement')
+  parser.add_argument('--ppo-envs', type=int, default=64)
+  parser.add_argument('--updates', type=int, default=2, help='timed PPO updates (n_steps 128)')
+  parser.add_argument('--seconds', type=float, default=1.5, help='per stepping measurement')
   parser.add_argument('--episode-length', type=int, default=512)
   parser.add_argument('--fee-rate', type=float, default=0.001)
   parser.add_argument('--slippage-bps', type=float, default=1.0)
-  parser.add_argument('--threads', type=int, default=1)  # torch's fastest here for a 64x64 MLP
+  parser.add_argument('--torch-threads', type=int, default=1,
+                      help='torch intra-op threads; 1 is its fastest for a 64x64 MLP here')
   args = parser.parse_args()
+  side_by_side.apply_threads()
 
   import stable_baselines3  # pylint: disable=g-import-not-at-top
   from stable_baselines3.common.vec_env import DummyVecEnv  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(args.threads)
+  torch.set_num_threads(args.torch_threads)
 
   data = np.load(args.arrays)
   make = lambda seed: TradingEnv(data['features'], data['open'], data['close'], data['starts'],
@@ -104,44 +113,41 @@ def main() -> None:
     single.step(action)
     equity.append(single.equity)
 
-  # The environment alone, random actions.
-  single.reset()
-  count, began = 0, time.perf_counter()
-  while time.perf_counter() - began < 2.0:
-    for _ in range(1000):
-      _, _, _, truncated, _ = single.step(rng.integers(0, 3))
-      if truncated:
-        single.reset()
-    count += 1000
-  env_rate = count / (time.perf_counter() - began)
+  def build(num_envs):
+    vector = DummyVecEnv([lambda seed=seed: make(seed) for seed in range(num_envs)])
+    batch_size = 128 * num_envs // 8  # 8 minibatches per epoch, as the JAX config
+    return stable_baselines3.PPO(
+        'MlpPolicy', vector, n_steps=128, batch_size=batch_size, n_epochs=4, learning_rate=3e-4,
+        gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5,
+        max_grad_norm=0.5, policy_kwargs={'net_arch': [64, 64], 'activation_fn': torch.nn.Tanh},
+        device='cpu', seed=0, verbose=0), vector
 
-  vector = DummyVecEnv([lambda seed=seed: make(seed) for seed in range(args.envs)])
-  batch_size = 128 * args.envs // 8  # 8 minibatches per epoch, as the JAX config
-  model = stable_baselines3.PPO(
-      'MlpPolicy', vector, n_steps=128, batch_size=batch_size, n_epochs=4, learning_rate=3e-4,
-      gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5,
-      policy_kwargs={'net_arch': [64, 64], 'activation_fn': torch.nn.Tanh}, device='cpu', seed=0,
-      verbose=0)
-  model.learn(total_timesteps=128 * args.envs)  # warm-up
-  # Environment steps with policy inference (sampled actions), as the rollout collects them.
-  observation = vector.reset()
-  count, began = 0, time.perf_counter()
-  while time.perf_counter() - began < 3.0:
-    for _ in range(100):
-      chosen, _ = model.predict(observation, deterministic=False)
-      observation, _, _, _ = vector.step(chosen)
-    count += 100 * args.envs
-  rollout_rate = count / (time.perf_counter() - began)
+  result = {}
+  for num_envs in (int(n) for n in args.envs.split(',')):
+    # Environment steps with policy inference (sampled actions), as the rollout collects them.
+    model, vector = build(num_envs)
+    observation = vector.reset()
+    model.predict(observation, deterministic=False)
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < args.seconds:
+      for _ in range(20):
+        chosen, _ = model.predict(observation, deterministic=False)
+        observation, _, _, _ = vector.step(chosen)
+      count += 20 * num_envs
+    result[f'env_steps_{num_envs}'] = count / (time.perf_counter() - began)
+
+  model, _ = build(args.ppo_envs)
+  model.learn(total_timesteps=128 * args.ppo_envs)  # warm-up: one update
+  timesteps = 128 * args.ppo_envs * args.updates
   began, cpu = time.perf_counter(), time.process_time()
-  model.learn(total_timesteps=args.timesteps, reset_num_timesteps=False)
+  model.learn(total_timesteps=timesteps, reset_num_timesteps=False)
   seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu
-  print(json.dumps({
+  result.update({
       'version': stable_baselines3.__version__, 'torch': torch.__version__,
-      'threads': torch.get_num_threads(), 'timesteps': args.timesteps, 'batch_size': batch_size,
-      'ppo_steps_per_second': args.timesteps / seconds,
-      'ppo_steps_per_cpu_second': args.timesteps / cpu_seconds, 'env_steps_per_second': env_rate,
-      'rollout_steps_per_second': rollout_rate,
-      'parity_start': start, 'parity_actions': actions.tolist(), 'parity_equity': equity}))
+      'torch_threads': torch.get_num_threads(), 'ppo_timesteps': timesteps,
+      'ppo_steps': timesteps / seconds, 'ppo_steps_per_cpu_second': timesteps / cpu_seconds,
+      'parity_start': start, 'parity_actions': actions.tolist(), 'parity_equity': equity})
+  side_by_side.emit(result)
 
 
 if __name__ == '__main__':
