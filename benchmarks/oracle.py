@@ -7,7 +7,9 @@ sample from XLA's cost analysis of the compiled train step, the model step alone
 the device) and end to end (Grain iterator → shard → step), with the achieved GFLOP/s and the dense
 fp32 matmul rate measured in the same process. Reference: pytorch-forecasting's TFT at this config
 needs 0.548 GFLOP per training sample and trains at ~28 samples/s end to end on this kind of
-machine (~45 samples/s for the model step alone); the target is ≥ 5x, about 140 samples/s.
+machine (~45 samples/s for the model step alone), the figures issue #3 gave; the target is ≥ 5x,
+about 140 samples/s. ``benchmarks/oracle_vs_pytorch_forecasting.py`` times the peer side by side
+(same config, threads and CPUs; ~50 samples/s end to end on a quiet 2-core machine).
 """
 
 from __future__ import annotations
@@ -63,7 +65,22 @@ def step_rates(train_step, state, device_batch, next_batch, steps: int, batch_si
   return state, metrics, rates[0], rates[1]
 
 
-def measure(dtype: str, steps: int, batch_size: int) -> dict:
+def inference_rate(predict, params, inputs, steps: int, batch_size: int) -> float:
+  """Items/s of the jitted ``predict(params, inputs)`` on one device batch, after one warm-up."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(predict(params, inputs))
+  start = time.perf_counter()
+  for _ in range(steps):
+    outputs = predict(params, inputs)
+  jax.block_until_ready(outputs)
+  return steps * batch_size / (time.perf_counter() - start)
+
+
+def measure(dtype: str, steps: int, batch_size: int, quantiles: tuple[float, ...] | None = None,
+            inference: bool = False) -> dict:
+  """Compiles and times the seed-config Oracle train step (see the module docstring) in
+  ``dtype``; ``quantiles`` overrides the config's, and ``inference`` adds the samples/s and
+  FLOPs of the jitted ``predict_batch`` at the same batch size (``steps`` calls)."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import oracle as oracle_config  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.data import features, synthetic, windows  # pylint: disable=g-import-not-at-top
@@ -73,6 +90,8 @@ def measure(dtype: str, steps: int, batch_size: int) -> dict:
 
   config = oracle_config.get_config('')
   config.train.batch_size = batch_size
+  if quantiles:
+    config.model.quantiles = tuple(quantiles)
   task = oracle.OracleTask.from_config(config)
   frames = {s: features.compute_features(f) for s, f in synthetic.generate_market(
       ('BTCUSDT', 'ETHUSDT'), start='2023-01-01', end='2023-04-01').items()}
@@ -99,7 +118,16 @@ def measure(dtype: str, steps: int, batch_size: int) -> dict:
     state, metrics, model_step, end_to_end = step_rates(
         train_step, state, sharded, lambda: step_lib.shard_batch(next(iterator), mesh), steps,
         batch_size)
-  return {'compute_dtype': dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    extra = {'param_count': int(sum(x.size for x in jax.tree.leaves(params)))}
+    if inference:
+      inputs = {name: sharded[name] for name in oracle.MODEL_INPUTS}
+      predict = lambda p, x: oracle.predict_batch(task, p, x)
+      cost = oracle.predict_batch.lower(task, state.params, inputs).compile().cost_analysis()
+      cost = cost[0] if isinstance(cost, list) else cost
+      extra['inference_gflop_per_sample'] = float(cost.get('flops', 0.0)) / batch_size / 1e9
+      extra['inference_samples_per_second'] = inference_rate(predict, state.params, inputs,
+                                                             steps, batch_size)
+  return {**extra, 'compute_dtype': dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
           'compile_seconds': compile_seconds, 'gflop_per_sample': flops_per_sample / 1e9,
           'model_step_samples_per_second': model_step,

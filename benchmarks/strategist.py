@@ -12,8 +12,8 @@ many dot ops the optimised HLO of the step holds (QKV is one fused [H, 3H] proje
 
 Reference (the issue): HF transformers' DecisionTransformerModel at this size needs 8.99 GFLOP per
 training sequence and trains at ~3.5 sequences/s on a 2-core machine of this kind (~31 GFLOP/s);
-the target is >= 3x that, ~95 GFLOP/s, or half the dense matmul rate. transformers and torch are
-not installed in this venv, so it is not timed side by side here.
+the target is >= 3x that, ~95 GFLOP/s, or half the dense matmul rate. The side-by-side timing
+against HF in the same run is benchmarks/strategist_vs_hf.py (needs the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks import oracle as oracle_benchmark
 from benchmarks.oracle import matmul_gflops
 from benchmarks.oracle import step_rates
 from quantum_alpha_jax.cli import MALLOC_TUNABLES
@@ -59,8 +60,24 @@ def analytic_gflop_per_sequence(context: int, hidden: int, layers: int, state_si
   return 3 * (layers * per_layer + embeddings) / 1e9
 
 
+def inference_rate(apply_fn, params, device_batch, steps: int, batch_size: int
+                   ) -> tuple[float, float]:
+  """Sequences/s of the jitted deterministic forward ``apply_fn(params, batch)`` on one device
+  batch (:func:`benchmarks.oracle.inference_rate`) and XLA's FLOPs per sequence of that forward."""
+  import jax  # pylint: disable=g-import-not-at-top
+  compiled = jax.jit(apply_fn).lower(params, device_batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return (oracle_benchmark.inference_rate(compiled, params, device_batch, steps, batch_size),
+          float(cost.get('flops', 0.0)) / batch_size)
+
+
 def measure(dtype: str, steps: int, batch_size: int, attention_dropout: float,
-            accumulation_steps: int) -> dict:
+            accumulation_steps: int, inference_steps: int = 0) -> dict:
+  """Compiles the seed-config train step (the config's model, ``batch_size``, the given compute
+  dtype, attention dropout and accumulation) on synthetic trajectories and times it: the model step
+  alone and end to end from the Grain iterator, ``steps`` steps each; with ``inference_steps > 0``
+  also the deterministic forward pass at ``batch_size`` (``inference_*`` keys)."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import strategist as strategist_config  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.data import features, synthetic, trajectories, windows  # pylint: disable=g-import-not-at-top
@@ -102,6 +119,11 @@ def measure(dtype: str, steps: int, batch_size: int, attention_dropout: float,
     state, metrics, model_step, end_to_end = step_rates(
         train_step, state, sharded, lambda: step_lib.shard_batch(next(iterator), mesh), steps,
         batch_size)
+    inference = {}
+    if inference_steps > 0:
+      rate, flops = inference_rate(task.apply, state.params, sharded, inference_steps, batch_size)
+      inference = {'inference_sequences_per_second': rate, 'inference_gflop_per_sequence':
+                   flops / 1e9}
   model = task.model
   return {'compute_dtype': dtype, 'attention_dropout': attention_dropout,
           'accumulation_steps': accumulation_steps, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
@@ -115,6 +137,7 @@ def measure(dtype: str, steps: int, batch_size: int, attention_dropout: float,
           'model_step_gflops': model_step * flops_per_sequence / 1e9,
           'end_to_end_gflops': end_to_end * flops_per_sequence / 1e9,
           'hlo_dot_ops': dots,
+          'parameters': int(sum(x.size for x in jax.tree.leaves(state.params))), **inference,
           'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
           'matmul_gflops': max(matmul_before, matmul_gflops()), 'loss': float(metrics['loss'])}
 

@@ -348,3 +348,23 @@ def test_wrong_shapes_are_refused(params):
     MODEL.apply(params, encoder[:, 1:], decoder, symbol)
   with pytest.raises(ValueError, match='symbol must be an integer'):
     MODEL.apply(params, encoder, decoder, symbol.astype(np.float32))
+
+
+def test_hash_dropout_keeps_one_minus_rate_and_rescales():
+  inputs = jnp.ones((8, 300, 50), jnp.float32)  # 120,000 elements.
+  dropout = layers.Dropout(0.1)
+  outputs = np.asarray(dropout.apply({}, inputs, deterministic=False,
+                                     rngs={'dropout': jax.random.PRNGKey(3)}))
+  kept = outputs != 0
+  # Binomial(120000, 0.9): standard deviation of the kept fraction ~0.00087.
+  assert abs(kept.mean() - 0.9) < 0.005
+  np.testing.assert_allclose(outputs[kept], 1 / 0.9, rtol=1e-6)
+  # Masks of neighbouring elements and of different keys look independent.
+  other = np.asarray(dropout.apply({}, inputs, deterministic=False,
+                                   rngs={'dropout': jax.random.PRNGKey(4)})) != 0
+  assert abs((kept & other).mean() - 0.81) < 0.006
+  assert abs((kept[..., 1:] & kept[..., :-1]).mean() - 0.81) < 0.006
+  again = dropout.apply({}, inputs, deterministic=False, rngs={'dropout': jax.random.PRNGKey(3)})
+  np.testing.assert_array_equal(np.asarray(again), outputs)
+  np.testing.assert_array_equal(np.asarray(dropout.apply({}, inputs, deterministic=True)),
+                                np.asarray(inputs))

@@ -13,6 +13,9 @@ per-variable parameters are stacked on a leading network axis and applied with o
 (``stacked=True``: inputs ``[networks, ..., feature]``), so 44 variables cost one matmul per layer
 rather than 44 small ones, and no Python loop runs over variables.
 
+Dropout. :class:`Dropout` draws its masks from a counter-based hash of the element index, about
+as cheap as one element-wise pass, where threefry bits cost ~8x that on XLA's CPU backend.
+
 Export. The recurrences are written as ``jax.lax.scan`` over time with an explicit carry built
 from the inputs, so that every block converts to ONNX with jax2onnx.
 """
@@ -94,6 +97,58 @@ class LayerNorm(nn.Module):
     return _normalize(inputs.astype(jnp.float32), self.epsilon) * scale + bias
 
 
+def _hash_uint32(values: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finaliser: a bijection of uint32 that mixes every input bit into every
+  output bit (avalanche), so consecutive inputs give statistically independent-looking outputs."""
+  values = values ^ (values >> 16)
+  values = values * jnp.uint32(0x85EBCA6B)
+  values = values ^ (values >> 13)
+  values = values * jnp.uint32(0xC2B2AE35)
+  return values ^ (values >> 16)
+
+
+def _element_index(shape: Sequence[int]) -> jax.Array:
+  """The row-major flat index of every element of ``shape`` as uint32 (wrapping past 2³²)."""
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+    stride *= shape[axis]
+  return index
+
+
+class Dropout(nn.Module):
+  """Inverted dropout: ``y = x ⊙ m / (1 - p)`` with ``m_i ~ Bernoulli(1 - p)``.
+
+  The mask comes from a counter-based hash rather than ``jax.random.bernoulli``: one 32-bit seed
+  ``s`` is drawn from the ``'dropout'`` rng stream per call, and element ``i`` (row-major index) is
+  kept iff ``hash(i · φ ⊕ s) ≥ round(p · 2³²)``, with ``φ = 0x9E3779B9`` and ``hash`` the
+  MurmurHash3 finaliser (:func:`_hash_uint32`). The keep probability is ``1 - p`` to within
+  ``2⁻³²``. On XLA's CPU backend this costs about as much as one element-wise pass over ``x``,
+  where threefry bits cost ~8x that, which made dropout a quarter of the TFT's train step. The
+  mask is deterministic given the rng (same seed, same mask), as reproducibility requires.
+
+  Attributes:
+    rate: drop probability ``p`` in [0, 1).
+  """
+
+  rate: float
+  rng_collection: str = 'dropout'
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Drops elements of ``inputs [...]`` when not ``deterministic``; identity otherwise."""
+    if deterministic or self.rate == 0.0:
+      return inputs
+    if not 0.0 <= self.rate < 1.0:
+      raise ValueError(f'dropout rate {self.rate} must lie in [0, 1)')
+    seed = jax.random.bits(self.make_rng(self.rng_collection), (), jnp.uint32)
+    index = _element_index(inputs.shape) * jnp.uint32(0x9E3779B9)
+    keep = _hash_uint32(index ^ seed) >= jnp.uint32(min(round(self.rate * 2**32), 2**32 - 1))
+    scale = jnp.asarray(1.0 / (1.0 - self.rate), inputs.dtype)
+    return jnp.where(keep, inputs * scale, jnp.zeros((), inputs.dtype))
+
+
 class StackedDense(nn.Module):
   """Independent dense layers stacked on axis 0: ``y[n] = x[n] W_n + b_n``.
 
@@ -149,7 +204,7 @@ class GatedLinearUnit(nn.Module):
   @nn.compact
   def __call__(self, inputs: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """Gates ``[..., in]`` to ``[..., features]`` (``[networks, ..., ·]`` when stacked)."""
-    inputs = nn.Dropout(self.dropout_rate)(inputs, deterministic=deterministic)
+    inputs = Dropout(self.dropout_rate)(inputs, deterministic=deterministic)
     value = _dense(self.features, stacked=self.stacked, name='value')(inputs)
     gate = _dense(self.features, stacked=self.stacked, name='gate')(inputs)
     return value * nn.sigmoid(gate)
@@ -412,7 +467,7 @@ class ScanLSTM(nn.Module):
     final_state = []
     for layer in range(self.num_layers):
       if layer > 0:
-        outputs = nn.Dropout(self.dropout_rate)(outputs, deterministic=deterministic)
+        outputs = Dropout(self.dropout_rate)(outputs, deterministic=deterministic)
       outputs, state = LSTMLayer(self.hidden_size, self.unroll, name=f'layer_{layer}')(
           outputs, initial_state[layer])
       final_state.append(state)
@@ -470,9 +525,9 @@ class InterpretableMultiHeadAttention(nn.Module):
       scores = jnp.where(mask[:, None] if mask.ndim == 3 else mask, scores, _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1)
     heads = jnp.einsum('bhqk,bkd->bqhd', weights.astype(values.dtype), values)
-    heads = nn.Dropout(self.dropout_rate)(heads, deterministic=deterministic)
+    heads = Dropout(self.dropout_rate)(heads, deterministic=deterministic)
     outputs = nn.Dense(features, use_bias=False, name='output')(jnp.mean(heads, axis=-2))
-    outputs = nn.Dropout(self.dropout_rate)(outputs, deterministic=deterministic)
+    outputs = Dropout(self.dropout_rate)(outputs, deterministic=deterministic)
     return outputs, jnp.mean(weights, axis=1)
 
 
