@@ -18,11 +18,9 @@ Outputs are read from the STATE tokens (position 3t+1), which have seen ``R_0..R
 and ``a_0..a_{t-1}`` but not ``a_t``: action logits ``[batch, K, 3]`` (hold, buy, sell) and the
 size ``sigmoid(w · h)`` in [0, 1].
 
-Dropout (:class:`Dropout`) is inverted dropout that draws 16 random bits per element, two elements
-from each 32-bit threefry output, where flax's draws a float32 uniform per element: half the PRNG
-work, the dominant elementwise cost of a CPU train step after the matmuls. Element i is kept when
-its bits ``u_i < θ = round((1 - rate)·2¹⁶)`` and scaled by ``2¹⁶/θ``, so ``E[output] = x`` exactly
-and the keep probability is ``1 - rate`` to within 2⁻¹⁷.
+Dropout is :class:`quantum_alpha_jax.models.layers.Dropout`, whose masks come from a hash of
+the element index (about one elementwise pass, where threefry bits per element dominated the
+elementwise cost of a CPU train step).
 
 Decoding. :meth:`DecisionTransformer.decode` runs the same blocks incrementally with a key/value
 cache of ``3K + 1`` slots: step t feeds ``(a_{t-1}, R_t, s_t)`` into slots ``3t .. 3t+2``; slot 0
@@ -40,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantum_alpha_jax.models.layers import Dropout
 from quantum_alpha_jax.models.layers import LayerNorm
 
 _MASK_VALUE = -1e9
@@ -63,23 +62,6 @@ def initial_cache(model: 'DecisionTransformer', batch_size: int, dtype: Any = jn
   shape = (batch_size, 3 * model.context_length + 1, model.num_heads,
            model.hidden_size // model.num_heads)
   return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(model.num_layers)]
-
-
-class Dropout(nn.Module):
-  """Inverted dropout with 16 random bits per element (module docstring); ``x [...]`` any shape."""
-
-  rate: float
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    threshold = min(max(round((1.0 - self.rate) * 65536), 1), 65536)
-    size = x.size
-    words = jax.random.bits(self.make_rng('dropout'), ((size + 1) // 2,), jnp.uint32)
-    bits = jnp.concatenate([words & 0xFFFF, words >> 16])[:size].reshape(x.shape)
-    keep = bits < jnp.uint32(threshold)
-    return jnp.where(keep, x * jnp.asarray(65536.0 / threshold, x.dtype), jnp.zeros((), x.dtype))
 
 
 class CausalSelfAttention(nn.Module):
