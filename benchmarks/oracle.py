@@ -134,6 +134,26 @@ def measure(dtype: str, steps: int, batch_size: int, quantiles: tuple[float, ...
           'matmul_gflops': matmul_gflops(), 'loss': float(metrics['loss'])}
 
 
+def run_variants(module: str, variants: dict[str, tuple[str, str]], argv: list[str]
+                 ) -> list[tuple[str, dict]]:
+  """Runs ``python -m module --child NAME *argv`` for each ``NAME: (XLA_FLAGS, GLIBC_TUNABLES)``,
+  one process per variant (XLA flags are read once per process); returns ``(name, its JSON)`` for
+  those that succeeded and prints the error of the others."""
+  rows = []
+  for name, (flags, tunables) in variants.items():
+    environment = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
+    environment.pop('GLIBC_TUNABLES', None)
+    if tunables:
+      environment['GLIBC_TUNABLES'] = tunables
+    completed = subprocess.run([sys.executable, '-m', module, '--child', name, *argv],
+                               env=environment, capture_output=True, text=True, check=False)
+    if completed.returncode:
+      print(f'{name}: failed\n{completed.stderr[-2000:]}')
+      continue
+    rows.append((name, json.loads(completed.stdout.strip().splitlines()[-1])))
+  return rows
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--steps', type=int, default=12)
@@ -144,20 +164,9 @@ def main() -> None:
   if args.child:
     print(json.dumps(measure(VARIANTS[args.child][0], args.steps, args.batch)))  # noqa
     return
-  rows = []
-  for name in args.variants.split(','):
-    _, flags, tunables = VARIANTS[name]
-    environment = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
-    environment.pop('GLIBC_TUNABLES', None)
-    if tunables:
-      environment['GLIBC_TUNABLES'] = tunables
-    completed = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.oracle', '--child', name, '--steps', str(args.steps),
-         '--batch', str(args.batch)], env=environment, capture_output=True, text=True)
-    if completed.returncode:
-      print(f'{name}: failed\n{completed.stderr[-2000:]}')
-      continue
-    rows.append((name, json.loads(completed.stdout.strip().splitlines()[-1])))
+  rows = run_variants('benchmarks.oracle', {name: VARIANTS[name][1:3] for name in
+                                            args.variants.split(',')},
+                      ['--steps', str(args.steps), '--batch', str(args.batch)])
   print(f'Oracle TFT, seed config (batch {args.batch}, hidden 128, 4 heads, hidden continuous 64, '
         f'2 LSTM layers, encoder 60, decoder 24), {args.steps} steps per figure\n')
   print('| variant | GFLOP/sample | model step samples/s | end-to-end samples/s | end-to-end GFLOP/s '

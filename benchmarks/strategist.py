@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -152,21 +150,9 @@ def main() -> None:
     dtype, _, _, attention_dropout, accumulation = VARIANTS[args.child]
     print(json.dumps(measure(dtype, args.steps, args.batch, attention_dropout, accumulation)))  # noqa
     return
-  rows = []
-  for name in args.variants.split(','):
-    _, flags, tunables, _, _ = VARIANTS[name]
-    environment = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
-    environment.pop('GLIBC_TUNABLES', None)
-    if tunables:
-      environment['GLIBC_TUNABLES'] = tunables
-    completed = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.strategist', '--child', name, '--steps',
-         str(args.steps), '--batch', str(args.batch)], env=environment, capture_output=True,
-        text=True)
-    if completed.returncode:
-      print(f'{name}: failed\n{completed.stderr[-2000:]}')
-      continue
-    rows.append((name, json.loads(completed.stdout.strip().splitlines()[-1])))
+  rows = oracle_benchmark.run_variants(
+      'benchmarks.strategist', {name: VARIANTS[name][1:3] for name in args.variants.split(',')},
+      ['--steps', str(args.steps), '--batch', str(args.batch)])
   print(f'Strategist Decision Transformer, seed config (batch {args.batch}, context 90 = 270 '
         f'tokens, hidden 256, 6 layers, 8 heads), {args.steps} steps per figure\n')
   print('| variant | GFLOP/seq (XLA) | GFLOP/seq (analytic) | model step seq/s | end-to-end seq/s '
