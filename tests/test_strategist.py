@@ -4,14 +4,9 @@ oracle on held-out time, causal bar signals, load() round trip, devices, config 
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,8 +17,7 @@ from quantum_alpha_jax.data import trajectories as tr
 from quantum_alpha_jax.errors import ConfigError
 from quantum_alpha_jax.models import decision_transformer as dt
 from quantum_alpha_jax.tasks import strategist
-
-REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+from tests.devices import run_with_devices
 
 
 def _model(**overrides):
@@ -262,12 +256,7 @@ _DEVICES_SCRIPT = textwrap.dedent('''
 
 
 def test_one_device_and_four_devices_give_the_same_train_steps():
-  environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-                     JAX_PLATFORMS='cpu')
-  completed = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT], cwd=REPOSITORY,
-                             env=environment, capture_output=True, text=True, timeout=300)
-  assert completed.returncode == 0, completed.stderr[-3000:]
-  out = json.loads(completed.stdout.strip().splitlines()[-1])
+  out = run_with_devices(_DEVICES_SCRIPT, devices=4)
   assert out['4']['shards'] == 4 and out['1']['shards'] == 1
   np.testing.assert_allclose(out['1']['params'], out['4']['params'], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out['1']['loss'], out['4']['loss'], rtol=1e-5)

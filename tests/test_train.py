@@ -17,6 +17,7 @@ import pytest
 from quantum_alpha_jax.errors import ConfigError
 from quantum_alpha_jax.train import state as state_lib
 from quantum_alpha_jax.train import step as step_lib
+from tests.devices import run_with_devices
 from tests.linear_task import RegressionTask
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
@@ -151,12 +152,7 @@ _DEVICES_SCRIPT = textwrap.dedent('''
 
 
 def test_one_device_and_four_devices_give_the_same_params():
-  environment = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-                     JAX_PLATFORMS='cpu')
-  completed = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT], cwd=REPOSITORY,
-                             env=environment, capture_output=True, text=True, timeout=300)
-  assert completed.returncode == 0, completed.stderr[-3000:]
-  out = json.loads(completed.stdout.strip().splitlines()[-1])
+  out = run_with_devices(_DEVICES_SCRIPT, devices=4)
   assert out['4']['shards'] == 4 and out['1']['shards'] == 1
   np.testing.assert_allclose(out['1']['w'], out['4']['w'], rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(out['1']['loss'], out['4']['loss'], rtol=1e-5)
