@@ -16,16 +16,24 @@ from quantum_alpha_jax.backtest import run_backtest
 
 
 def reference_backtest(target, open_price, close, fee_rate=0.001, slippage_bps=0.0,
-                       capital=10_000.0, threshold=None):
-  """The engine's rules as a plain Python float64 loop: (equity [T], units [T])."""
+                       capital=10_000.0, threshold=None, observed=None):
+  """The engine's rules as a plain Python float64 loop: (equity [T], units [T]).
+
+  Where ``observed`` is False nothing trades; a target change seen there waits (``pending``) for
+  the next observed open.
+  """
   slippage = slippage_bps / 10_000
   cash, units = capital, 0.0
   equity, held_units = [capital], [0.0]
+  pending = False
   for bar in range(1, len(target)):
     signal, price = float(target[bar - 1]), float(open_price[bar])
     equity_at_open = cash + units * price
-    if threshold is None:
-      act = signal != (float(target[bar - 2]) if bar >= 2 else 0.0)
+    pending = pending or signal != (float(target[bar - 2]) if bar >= 2 else 0.0)
+    if observed is not None and not observed[bar]:
+      act = False
+    elif threshold is None:
+      act, pending = pending, False
     else:
       weight = units * price / equity_at_open
       act = (abs(signal - weight) > threshold or (signal == 0 and units != 0)
@@ -248,6 +256,135 @@ def test_invalid_inputs_are_clear_errors():
     run_backtest(target, open_price, close, fee_rate=-0.1)
   with pytest.raises(errors.DataError, match='timestamps'):
     run_backtest(target, open_price, close, pd.date_range('2024-01-01', periods=3, freq='5min'))
+
+
+def daily_market(days=3 * 365, seed=11):
+  """Daily closes with a drift (Sharpe about 1), a switching target, and a few missing days."""
+  rng = np.random.default_rng(seed)
+  dates = pd.date_range('2020-01-01', periods=days, freq='D', tz='UTC')
+  keep = np.ones(days, bool)
+  keep[rng.choice(np.arange(5, days - 5), 20, replace=False)] = False  # holes of whole days
+  close = 100 * np.exp(np.cumsum(rng.normal(0.0008, 0.02, days)))[keep]
+  open_price = np.r_[100.0, close[:-1]] * np.exp(rng.normal(0, 0.002, keep.sum()))
+  target = (rng.random(keep.sum()) < 0.8).astype(float)
+  target = pd.Series(target).rolling(10, min_periods=1).max().to_numpy()  # few switches
+  return target, open_price, close, dates[keep]
+
+
+def test_daily_bars_annualise_by_the_calendar():
+  """The issue's case: daily bars used to annualise with 105,120 bars a year (Sharpe ~17x)."""
+  target, open_price, close, dates = daily_market()
+  result = run_backtest(target, open_price, close, dates)
+  equity, _ = reference_backtest(target, open_price, close, 0.001, engine.DEFAULT_SLIPPAGE_BPS)
+  np.testing.assert_allclose(result.equity, equity, rtol=1e-11)
+  # Independent: the equity on every calendar day (carried over the missing days), daily returns,
+  # sqrt(365.25) days a year; the annual return compounds over the calendar span.
+  daily = pd.Series(equity, index=dates).asfreq('D').ffill().pct_change().dropna()
+  sharpe = daily.mean() / daily.std() * np.sqrt(365.25)
+  assert 0.3 < sharpe < 3
+  assert result.stats['sharpe'] == pytest.approx(sharpe, rel=0.05)
+  years = (dates[-1] - dates[0]) / pd.Timedelta(days=365.25)
+  assert result.stats['years'] == pytest.approx(years, rel=1e-12)
+  assert result.stats['bars_per_year'] == pytest.approx(365.25)
+  assert result.stats['annual_return'] == pytest.approx(
+      (equity[-1] / equity[0]) ** (1 / years) - 1, rel=1e-9)
+  hold = pd.Series(result.buy_and_hold_equity, index=dates).asfreq('D').ffill().pct_change()
+  assert result.buy_and_hold_stats['sharpe'] == pytest.approx(
+      hold.mean() / hold.std() * np.sqrt(365.25), rel=0.05)
+  # Per bar, the mean / std scaled by sqrt(bars a year of the grid), as documented.
+  per_bar = pd.Series(equity).pct_change().dropna()
+  assert result.stats['sharpe'] == pytest.approx(
+      per_bar.mean() / per_bar.std() * np.sqrt(365.25), rel=1e-9)
+
+
+def test_store_holes_are_accepted_and_span_the_calendar():
+  """5-minute bars as the store holds them: filled bars on the grid and a long hole (a segment)."""
+  from quantum_alpha_jax.data import klines  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(12)
+  times = pd.date_range('2024-01-01', periods=3000, freq='5min', tz='UTC')
+  keep = np.ones(3000, bool)
+  keep[100:103] = False  # filled (within fill_limit_bars)
+  keep[1000:2000] = False  # a long hole: a new segment
+  close = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, 3000)))
+  source = pd.DataFrame({'timestamp': times, 'open': close, 'high': close * 1.001,
+                         'low': close * 0.999, 'close': close, 'volume': 1.0})[keep]
+  frame, _ = klines.regularize(source.reset_index(drop=True), fill_limit_bars=72)
+  assert frame['segment'].nunique() == 2 and (~frame['observed']).sum() == 3
+  target = np.r_[0.0, np.ones(len(frame) - 1)]
+  result = run_backtest(target, frame['open'], frame['close'], frame['timestamp'],
+                        observed=frame['observed'].to_numpy())
+  span = frame['timestamp'].iloc[-1] - frame['timestamp'].iloc[0]
+  assert result.stats['years'] == pytest.approx(span / pd.Timedelta(days=365.25), rel=1e-12)
+  assert result.stats['bars_per_year'] == pytest.approx(365.25 * 288)
+  returns = pd.Series(result.equity).pct_change().dropna()
+  assert result.stats['sharpe'] == pytest.approx(
+      returns.mean() / returns.std() * np.sqrt(365.25 * 288), rel=1e-9)
+
+
+def test_off_grid_spacing_is_refused_and_bars_per_year_overrides():
+  target, open_price, close = market(60, seed=13, levels=(0.0, 1.0))
+  times = pd.date_range('2024-01-01', periods=60, freq='5min', tz='UTC')
+  skewed = times.as_unit('ns').asi8.copy()
+  skewed[30:] += 2 * 60 * 10**9  # one 7-minute step on a 5-minute grid
+  with pytest.raises(errors.DataError, match=r'not a multiple of the 0 days 00:05:00 grid.*'
+                     r'regularize.*bars_per_year'):
+    run_backtest(target, open_price, close, skewed)
+  with pytest.raises(errors.DataError, match='not strictly increasing'):
+    run_backtest(target, open_price, close, times[::-1])
+  # The explicit override annualises by bar count, as before, and accepts any timestamps.
+  equity, _ = reference_backtest(target, open_price, close, 0.001, engine.DEFAULT_SLIPPAGE_BPS)
+  returns = pd.Series(equity).pct_change().dropna()
+  for timestamps in (skewed, None):
+    result = run_backtest(target, open_price, close, timestamps, bars_per_year=252)
+    assert result.stats['sharpe'] == pytest.approx(
+        returns.mean() / returns.std() * np.sqrt(252), rel=1e-9)
+    assert result.stats['annual_return'] == pytest.approx(
+        (equity[-1] / equity[0]) ** (252 / 59) - 1, rel=1e-9)
+    assert result.stats['bars_per_year'] == 252 and result.config['bars_per_year'] == 252
+  with pytest.raises(errors.ConfigError, match='bars_per_year'):
+    run_backtest(target, open_price, close, times, bars_per_year=0)
+
+
+@pytest.mark.parametrize('threshold', [None, 0.0])
+def test_filled_bars_never_fill(threshold):
+  """Bars 2 and 3 fill a hole (their open copies bar 1's close): the buy decided at bar 1's close
+  waits for bar 4's open; the sale decided at bar 4's close fills at bar 5's open."""
+  open_price = np.array([100.0, 101.0, 102.0, 102.0, 104.0, 110.0])
+  close = np.array([100.5, 102.0, 102.0, 102.0, 105.0, 111.0])
+  observed = np.array([True, True, False, False, True, True])
+  target = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+  result = run_backtest(target, open_price, close, fee_rate=0.001, slippage_bps=0.0,
+                        rebalance_threshold=threshold, observed=observed)
+  units = 10_000 / 104.0  # all in at bar 4's open; the fee (10) is paid from cash
+  expected = [10_000.0] * 4 + [units * 105.0 - 10.0, units * 110.0 * (1 - 0.001) - 10.0]
+  np.testing.assert_allclose(result.equity, expected, rtol=1e-12)
+  np.testing.assert_array_equal(np.flatnonzero(result.traded_units), [4, 5])
+  assert result.fill_price[4] == 104.0 and result.trades.iloc[0]['entry_bar'] == 4
+  # Buy-and-hold defers its buy too (bar 1 filled here): it buys at bar 2's open.
+  early_hole = np.array([True, False, True, True, True, True])
+  hold = run_backtest(target, open_price, close, slippage_bps=0.0, observed=early_hole)
+  np.testing.assert_allclose(hold.buy_and_hold_equity[2:], 10_000 / 102.0 * close[2:] - 10.0,
+                             rtol=1e-12)
+  assert hold.buy_and_hold_equity[1] == 10_000.0
+
+
+@pytest.mark.parametrize('threshold', [None, 0.05])
+def test_filled_bars_match_the_reference_loop(threshold):
+  target, open_price, close = market(4000, seed=14, levels=(-1.0, 0.0, 0.5, 1.0), switch=0.05)
+  rng = np.random.default_rng(14)
+  observed = rng.random(4000) > 0.15
+  result = run_backtest(target, open_price, close, slippage_bps=3.0, allow_short=True,
+                        rebalance_threshold=threshold, observed=observed)
+  equity, units = reference_backtest(target, open_price, close, 0.001, 3.0, threshold=threshold,
+                                     observed=observed)
+  np.testing.assert_allclose(result.equity, equity, rtol=1e-11)
+  np.testing.assert_allclose(result.units, units, rtol=1e-11, atol=1e-15)
+  assert not np.any(result.traded_units[~observed])
+  assert np.count_nonzero(result.traded_units) > 100
+  batch = engine.simulate_batch(np.stack([target, target]), np.stack([open_price, open_price]),
+                                slippage_bps=3.0, observed=np.stack([observed, observed]))
+  if threshold is None:
+    np.testing.assert_allclose(batch['units'][1], units, rtol=1e-11, atol=1e-15)
 
 
 @pytest.mark.parametrize('levels', [(-1.0, 0.0, 1.0), (-1.0, -0.3, 0.0, 0.4, 1.0)])

@@ -214,7 +214,7 @@ def test_trading_stats_hand_worked():
   assert stats['annual_return'] == pytest.approx(0.21)  # 3 bars = one "year" here
   assert stats['calmar'] == pytest.approx(2.1)
   assert stats['exposure'] == 0.5
-  assert stats['turnover_per_year'] == pytest.approx(2 * 3 / 4)
+  assert stats['turnover_per_year'] == pytest.approx(2.0)  # two changes of 1 in one "year"
   _strict_json(stats)
 
 

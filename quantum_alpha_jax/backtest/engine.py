@@ -15,11 +15,21 @@ Semantics (one asset, cash and units, no leverage beyond the fee, no borrowing c
   about ``-fee`` (a tiny unfinanced amount, charged no interest). When slippage makes the re-sized
   order cross the current holding, no trade happens. A target of 0 always closes the position
   exactly. If equity at the open is not positive the position is closed and nothing is bought.
+- Filled bars. A bar that fills a hole in the source (``observed[t]`` False: zero volume, its open
+  copies the previous close, ``data/klines.py``) is not a price anyone could trade at, so no fill
+  ever happens at its open. A fill due there is deferred to the open of the next observed bar,
+  which trades towards the latest target (the one decided at the close just before it), as if the
+  target had changed there whenever it changed at any skipped open. ``observed`` defaults to all
+  True; pass the store's ``observed`` column with store data.
 - Equity is marked at every close: ``equity[t] = cash[t] + units[t] * close[t]``.
 - Rebalancing. ``rebalance_threshold=None`` (the default): trade only on the bar after the target
   changes (``target[t] != target[t - 1]``, with a flat start), so a constant target never churns
   fees while the weight drifts with the price. A number ``h >= 0``: trade whenever
   ``|target - current weight at the open| > h``; going flat or flipping side always trades.
+- Annualisation (the stats' annual return, Sharpe, Sortino, turnover): by the calendar when
+  ``timestamps`` are given (elapsed years and the bar grid from the timestamps, an off-grid spacing
+  refused), else 105,120 bars a year; ``bars_per_year`` overrides it with bar-count annualisation
+  (:mod:`quantum_alpha_jax.evaluate.trading`).
 - Defaults: fee 0.001 per side (Binance spot taker, 0.1%) on traded notional, slippage 1 bp
   (a conservative allowance for the spread and the open's print on liquid pairs), capital 10,000.
 
@@ -89,14 +99,15 @@ class BacktestResult:
 
 
 def fill_at_open(carry, target, price, target_changed, *, fee_rate, slippage, threshold=0.0,
-                 use_threshold: bool = False):
+                 use_threshold: bool = False, observed=True):
   """One bar's open: trade from the held position towards ``target`` (the module's rules).
 
   ``carry = (cash, units, held)`` before the open; ``target`` was decided at the previous close,
-  ``price`` is this bar's open and ``target_changed`` whether ``target`` differs from the previous
-  bar's target. ``slippage`` is a fraction (bps / 10,000). Returns ``((cash, units, held),
-  (trade, fill, fee))``. Pure jnp on scalars or arrays of one shape (dtype-generic), so the jitted
-  simulation below and a policy rollout inside ``lax.scan`` share one fee and fill model.
+  ``price`` is this bar's open and ``target_changed`` whether ``target`` differs from the target
+  of the last observed open. ``slippage`` is a fraction (bps / 10,000); where ``observed`` is False
+  (a filled bar) nothing trades. Returns ``((cash, units, held), (trade, fill, fee))``. Pure jnp on
+  scalars or arrays of one shape (dtype-generic), so the jitted simulation below and a policy
+  rollout inside ``lax.scan`` share one fee and fill model.
   """
   cash, units, held = carry
   zero = jnp.zeros_like(price)
@@ -115,6 +126,7 @@ def fill_at_open(carry, target, price, target_changed, *, fee_rate, slippage, th
                  | flips | ~solvent)
   else:
     rebalance = target_changed | (~solvent & (units != 0))
+  rebalance = rebalance & observed
   trade = jnp.where(rebalance, trade, zero)
   fee = fee_rate * jnp.abs(trade) * fill
   cash = cash - trade * fill - fee
@@ -123,32 +135,34 @@ def fill_at_open(carry, target, price, target_changed, *, fee_rate, slippage, th
   return (cash, units, held), (trade, fill, fee)
 
 
-def _simulate_core(signal, open_price, changed, initial_capital, fee_rate, slippage, threshold,
-                   use_threshold: bool):
-  """Scans bars 1..T-1: signal[i] = target[i] filled at open_price[i] = open[i + 1]."""
+def _simulate_core(signal, open_price, changed, observed, initial_capital, fee_rate, slippage,
+                   threshold, use_threshold: bool):
+  """Scans bars 1..T-1: signal[i] = target[i] filled at open_price[i] = open[i + 1] where
+  observed[i] = observed[i + 1]."""
   dtype = open_price.dtype
   zero = jnp.zeros((), dtype)
 
   def step(carry, inputs):
+    target, price, target_changed, bar_observed = inputs
     carry, (trade, fill, fee) = fill_at_open(
-        carry, *inputs, fee_rate=fee_rate, slippage=slippage, threshold=threshold,
-        use_threshold=use_threshold)
+        carry, target, price, target_changed, fee_rate=fee_rate, slippage=slippage,
+        threshold=threshold, use_threshold=use_threshold, observed=bar_observed)
     cash, units, held = carry
     return carry, (cash, units, held, trade, fill, fee)
 
   initial = (jnp.asarray(initial_capital, dtype), zero, zero)
-  _, outputs = jax.lax.scan(step, initial, (signal, open_price, changed))
+  _, outputs = jax.lax.scan(step, initial, (signal, open_price, changed, observed))
   return outputs
 
 
 _simulate = jax.jit(_simulate_core, static_argnames=('use_threshold',))
 # The same simulation over a leading axis of independent series [series, time].
 @functools.partial(jax.jit, static_argnames=('use_threshold',))
-def _simulate_batch(signal, open_price, changed, initial_capital, fee_rate, slippage, threshold,
-                    use_threshold: bool):
+def _simulate_batch(signal, open_price, changed, observed, initial_capital, fee_rate, slippage,
+                    threshold, use_threshold: bool):
   core = functools.partial(_simulate_core, use_threshold=use_threshold)
-  return jax.vmap(core, in_axes=(0, 0, 0, None, None, None, None))(
-      signal, open_price, changed, initial_capital, fee_rate, slippage, threshold)
+  return jax.vmap(core, in_axes=(0, 0, 0, 0, None, None, None, None))(
+      signal, open_price, changed, observed, initial_capital, fee_rate, slippage, threshold)
 
 
 def _simulation_state(target, outputs, initial_capital) -> dict[str, np.ndarray]:
@@ -167,20 +181,45 @@ def _simulation_state(target, outputs, initial_capital) -> dict[str, np.ndarray]
   }
 
 
-def _changed(target: np.ndarray) -> np.ndarray:
-  """``target[..., t] != target[..., t - 1]`` (flat start) for the targets that get filled."""
+def _changed(target: np.ndarray, observed: np.ndarray) -> np.ndarray:
+  """For the targets that get filled (at bars 1..T-1): whether the target changed (flat start)
+  at this open or at a filled open skipped since the last observed one; [..., T - 1]."""
   previous = np.concatenate([np.zeros(target.shape[:-1] + (1,)), target[..., :-2]], axis=-1)
-  return target[..., :-1] != previous
+  changed = target[..., :-1] != previous
+  steps = np.arange(changed.shape[-1])
+  last_change = np.maximum.accumulate(np.where(changed, steps, -1), axis=-1)
+  fills = observed[..., 1:]
+  last_fill = np.maximum.accumulate(np.where(fills, steps, -1), axis=-1)
+  last_fill_before = np.concatenate([np.full(fills.shape[:-1] + (1,), -1), last_fill[..., :-1]],
+                                    axis=-1)
+  return last_change > last_fill_before
+
+
+def _observed(observed, shape: tuple[int, ...], where: str) -> np.ndarray:
+  """The ``observed`` flags as bool of ``shape`` (all True when None)."""
+  if observed is None:
+    return np.ones(shape, bool)
+  flags = np.asarray(observed)
+  if flags.shape != shape or flags.dtype.kind not in 'bi':
+    raise errors.DataError(errors.describe(
+        f'{where}: observed', f'shape {flags.shape} dtype {flags.dtype}, expected bool {shape}',
+        "pass the store's observed column for the same bars"))
+  return flags.astype(bool)
 
 
 def simulate(target, open_price, initial_capital: float, fee_rate: float, slippage_bps: float,
-             rebalance_threshold: float | None) -> dict[str, np.ndarray]:
-  """The raw float64 simulation of validated inputs [time]; arrays [time] of cash, units, fills."""
+             rebalance_threshold: float | None, observed=None) -> dict[str, np.ndarray]:
+  """The raw float64 simulation of validated inputs [time]; arrays [time] of cash, units, fills.
+
+  ``observed`` [time] bool (default all True): no fill at a filled bar's open (module docstring).
+  """
   target = np.asarray(target, dtype=np.float64)
   open_price = np.asarray(open_price, dtype=np.float64)
+  observed = _observed(observed, target.shape, 'simulate')
   with jax.enable_x64(True):
     outputs = _simulate(
-        target[:-1], open_price[1:], _changed(target), np.float64(initial_capital),
+        target[:-1], open_price[1:], _changed(target, observed), observed[1:],
+        np.float64(initial_capital),
         np.float64(fee_rate), np.float64(slippage_bps / 10_000),
         np.float64(0.0 if rebalance_threshold is None else rebalance_threshold),
         use_threshold=rebalance_threshold is not None)
@@ -189,13 +228,13 @@ def simulate(target, open_price, initial_capital: float, fee_rate: float, slippa
 
 
 def simulate_batch(target, open_price, initial_capital: float = DEFAULT_INITIAL_CAPITAL,
-                   fee_rate: float = DEFAULT_FEE_RATE,
-                   slippage_bps: float = DEFAULT_SLIPPAGE_BPS) -> dict[str, np.ndarray]:
+                   fee_rate: float = DEFAULT_FEE_RATE, slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
+                   observed=None) -> dict[str, np.ndarray]:
   """:func:`simulate` of many independent series at once (default rebalancing), float64.
 
-  ``target``, ``open_price`` [series, time] (validated by the caller: finite, positive prices);
-  returns the same arrays as :func:`simulate`, each [series, time]. Equity at each close is
-  ``cash + units * close``.
+  ``target``, ``open_price`` [series, time] (validated by the caller: finite, positive prices),
+  ``observed`` [series, time] bool or None; returns the same arrays as :func:`simulate`, each
+  [series, time]. Equity at each close is ``cash + units * close``.
   """
   target = np.asarray(target, dtype=np.float64)
   open_price = np.asarray(open_price, dtype=np.float64)
@@ -203,9 +242,11 @@ def simulate_batch(target, open_price, initial_capital: float = DEFAULT_INITIAL_
     raise errors.DataError(errors.describe(
         'simulate_batch', f'target {target.shape} and open {open_price.shape} must be the same '
         '[series, time] shape with time >= 2'))
+  observed = _observed(observed, target.shape, 'simulate_batch')
   with jax.enable_x64(True):
     outputs = _simulate_batch(
-        target[:, :-1], open_price[:, 1:], _changed(target), np.float64(initial_capital),
+        target[:, :-1], open_price[:, 1:], _changed(target, observed), observed[:, 1:],
+        np.float64(initial_capital),
         np.float64(fee_rate), np.float64(slippage_bps / 10_000), np.float64(0.0),
         use_threshold=False)
     outputs = jax.device_get(outputs)
@@ -240,7 +281,9 @@ def _check_config(fee_rate, slippage_bps, initial_capital, rebalance_threshold, 
       ('initial_capital', initial_capital, initial_capital > 0, 'use a positive amount'),
       ('rebalance_threshold', rebalance_threshold,
        rebalance_threshold is None or rebalance_threshold >= 0, 'use None or a weight >= 0'),
-      ('bars_per_year', bars_per_year, bars_per_year > 0, 'use 105120 for 24/7 5-minute bars'),
+      ('bars_per_year', bars_per_year, bars_per_year is None or bars_per_year > 0,
+       'use None to annualise by the timestamps\' calendar, or a positive bar count such as 105120 '
+       'for 24/7 5-minute bars'),
   ]
   for name, value, valid, fix in checks:
     if not valid:
@@ -332,15 +375,19 @@ def trade_list(units, traded_units, fill_price, fees, close,
 
 
 def buy_and_hold_state(open_price, initial_capital: float, fee_rate: float,
-                       slippage_bps: float) -> dict[str, np.ndarray]:
-  """:func:`simulate` of a constant target of 1 in closed form (one buy at bar 1's open); [time]."""
+                       slippage_bps: float, observed=None) -> dict[str, np.ndarray]:
+  """:func:`simulate` of a constant target of 1 in closed form: one buy at the first observed open
+  from bar 1 on (flat throughout when there is none); [time]."""
   bars = len(open_price)
-  fill = open_price[1] * (1.0 + slippage_bps / 10_000)
-  units = initial_capital / fill
+  observed = _observed(observed, (bars,), 'buy_and_hold_state')
+  later = np.flatnonzero(observed[1:])
+  first = int(later[0]) + 1 if later.size else bars
+  fill = open_price[min(first, bars - 1)] * (1.0 + slippage_bps / 10_000)
+  units = initial_capital / fill if first < bars else 0.0
   fee = fee_rate * units * fill
-  flat_then = lambda first, after: np.r_[first, np.full(bars - 1, after)]
+  flat_then = lambda before, after: np.r_[np.full(first, before), np.full(bars - first, after)]
   traded = np.zeros(bars)
-  traded[1] = units
+  traded[first:first + 1] = units
   return {
       'cash': flat_then(initial_capital, initial_capital - units * fill - fee),
       'units': flat_then(0.0, units),
@@ -367,11 +414,14 @@ def run_backtest(target, open, close, timestamps=None, *,  # pylint: disable=red
                  fee_rate: float = DEFAULT_FEE_RATE, slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
                  initial_capital: float = DEFAULT_INITIAL_CAPITAL, allow_short: bool = False,
                  rebalance_threshold: float | None = None,
-                 bars_per_year: float = trading.BARS_PER_YEAR) -> BacktestResult:
+                 bars_per_year: float | None = None, observed=None) -> BacktestResult:
   """Backtests target weights [time] (decided at each close) on open, close [time] prices.
 
-  Fills at the next bar's open with fees and slippage; also runs buy-and-hold (buy at bar 1's open,
-  same costs, never rebalanced). timestamps [time]: datetimes or int64 ns since the epoch (UTC).
+  Fills at the next observed bar's open with fees and slippage; also runs buy-and-hold (buy at the
+  first observed open from bar 1, same costs, never rebalanced). timestamps [time]: datetimes or
+  int64 ns since the epoch (UTC), which annualise the stats by the calendar unless
+  ``bars_per_year`` is given. observed [time] bool: False at bars that fill a hole (default all
+  True).
   """
   _check_config(fee_rate, slippage_bps, initial_capital, rebalance_threshold, bars_per_year)
   target = _check_series(target, 'target')
@@ -394,10 +444,11 @@ def run_backtest(target, open, close, timestamps=None, *,  # pylint: disable=red
         f'{target[outside[0]]} at bar {outside[0]})',
         'clip the policy output' + ('' if allow_short else ', or pass allow_short=True to short')))
   times = _timestamps(timestamps, target.size)
+  observed = _observed(observed, target.shape, 'run_backtest')
   state = simulate(target, open_price, initial_capital, fee_rate, slippage_bps,
-                   rebalance_threshold)
+                   rebalance_threshold, observed)
   equity, weight, trades, stats = _account(state, close, times, bars_per_year)
-  hold_state = buy_and_hold_state(open_price, initial_capital, fee_rate, slippage_bps)
+  hold_state = buy_and_hold_state(open_price, initial_capital, fee_rate, slippage_bps, observed)
   hold_equity, _, _, hold_stats = _account(hold_state, close, times, bars_per_year)
   return BacktestResult(
       equity=equity, units=state['units'], weight=weight, target_held=state['target_held'],
@@ -405,5 +456,5 @@ def run_backtest(target, open, close, timestamps=None, *,  # pylint: disable=red
       traded_units=state['traded_units'], close=close, timestamps=times, trades=trades,
       stats=stats, buy_and_hold_equity=hold_equity, buy_and_hold_stats=hold_stats,
       config={'fee_rate': fee_rate, 'slippage_bps': slippage_bps,
-              'initial_capital': initial_capital, 'bars_per_year': bars_per_year,
+              'initial_capital': initial_capital, 'bars_per_year': stats['bars_per_year'],
               'allow_short': allow_short, 'rebalance_threshold': rebalance_threshold})

@@ -2,7 +2,10 @@
 
 ``frame`` holds one row per (symbol, bar) with ``symbol``, ``timestamp`` (UTC), ``open`` and
 ``close``, sorted by symbol then time; each strategy is a target array aligned with its rows. Each
-symbol is backtested on its own by ``engine.run_backtest`` with ``initial_capital / n_symbols``.
+symbol is backtested on its own by ``engine.run_backtest`` with ``initial_capital / n_symbols``; an
+optional bool ``observed`` column (the store's) defers fills at hole-filling bars to the next
+observed open. Stats are annualised by the calendar of the timestamps (see
+:mod:`quantum_alpha_jax.evaluate.trading`) unless ``bars_per_year`` is passed.
 The portfolio's equity is the sum of the symbols' equity curves on the union of their timestamps
 (a symbol's equity is carried forward over its holes; before its first bar it holds its cash), so
 its stats are those of a trader who split the capital equally at the start and never rebalanced
@@ -74,9 +77,10 @@ def run(frame: pd.DataFrame, target: np.ndarray, *, initial_capital: float =
   for symbol in symbols:
     rows = np.flatnonzero((frame['symbol'] == symbol).to_numpy())
     part = frame.iloc[rows]
+    observed = part['observed'].to_numpy() if 'observed' in part else None
     result = engine.run_backtest(target[rows], part['open'].to_numpy(), part['close'].to_numpy(),
                                  part['timestamp'].to_numpy(), initial_capital=capital,
-                                 **backtest_kwargs)
+                                 observed=observed, **backtest_kwargs)
     by_symbol[symbol] = result
     trades.append(result.trades.assign(symbol=symbol))
   equity = _equity_series(by_symbol, 'equity', capital)
@@ -85,13 +89,12 @@ def run(frame: pd.DataFrame, target: np.ndarray, *, initial_capital: float =
                        by_symbol.values()], axis=1).reindex(equity.index).fillna(0.0).mean(axis=1)
   all_trades = pd.concat(trades, ignore_index=True)
   fees = float(sum(r.fees.sum() for r in by_symbol.values()))
+  bars_per_year = backtest_kwargs.get('bars_per_year')
   stats = trading.trading_stats(equity.to_numpy(), weights.to_numpy(), trades=all_trades,
                                 fees_paid=fees, timestamps=equity.index,
-                                bars_per_year=backtest_kwargs.get('bars_per_year',
-                                                                  trading.BARS_PER_YEAR))
+                                bars_per_year=bars_per_year)
   hold_stats = trading.trading_stats(hold.to_numpy(), np.ones(len(hold)), timestamps=hold.index,
-                                     bars_per_year=backtest_kwargs.get('bars_per_year',
-                                                                       trading.BARS_PER_YEAR))
+                                     bars_per_year=bars_per_year)
   return PortfolioResult(by_symbol, equity, hold, stats, hold_stats, all_trades)
 
 

@@ -44,14 +44,18 @@ def windows(timestamps: pd.DatetimeIndex, frequency: str = 'MS', min_bars: int =
 
 def walk_forward(targets: Mapping[str, np.ndarray], open_price, close, timestamps, *,
                  frequency: str = 'MS', min_bars: int = 288, stats: Sequence[str] = STATS,
-                 **backtest_kwargs) -> dict:
+                 observed=None, **backtest_kwargs) -> dict:
   """Per-window stats of each named target series ``[time]`` and of buy-and-hold.
+
+  ``observed`` [time] bool (the store's column; default all True) defers fills at hole-filling bars
+  to the next observed open; each window is annualised by its own calendar.
 
   Returns ``{'windows': [{'start', 'bars', name: {stat: value}}...], 'summary': {name: {stat:
   {'mean', 'std', 'median'}}, 'beat_buy_and_hold': {name: fraction}}}`` (JSON-ready).
   """
   times = pd.DatetimeIndex(pd.to_datetime(np.asarray(timestamps), utc=True))
   open_price, close = np.asarray(open_price, np.float64), np.asarray(close, np.float64)
+  observed = np.ones(len(times), bool) if observed is None else np.asarray(observed, bool)
   cuts = windows(times, frequency, min_bars)
   if not cuts:
     raise errors.DataError(errors.describe(
@@ -63,7 +67,7 @@ def walk_forward(targets: Mapping[str, np.ndarray], open_price, close, timestamp
     hold = None
     for name, target in targets.items():
       result = engine.run_backtest(np.asarray(target)[index], open_price[index], close[index],
-                                   times[index], **backtest_kwargs)
+                                   times[index], observed=observed[index], **backtest_kwargs)
       row[name] = {key: result.stats.get(key) for key in stats}
       hold = result.buy_and_hold_stats
     row['buy_and_hold'] = {key: hold.get(key) for key in stats}

@@ -1,19 +1,35 @@
 """Trading statistics of an equity curve, its positions and its trade list (host arrays).
 
-Annualisation assumes a 24/7 market of 5-minute bars: 12 * 24 * 365 = 105,120 bars a year
-(``schema.BARS_PER_YEAR``; crypto trades on weekends, so there is no 252-day calendar). Pass
-``bars_per_year`` for other bar sizes.
+Annualisation follows the calendar when ``timestamps`` are given (:func:`annualisation`):
+
+- elapsed years are ``(last timestamp - first timestamp) / 365.25 days``, holes included;
+- the bar frequency is ``365.25 days / spacing``, the spacing being the most common gap between
+  consecutive timestamps (the grid: 5 minutes for the store, 1 day for daily bars). Every gap must
+  be a whole multiple of it. A store's short holes are filled bars on the grid, and a long hole (a
+  new ``segment``) is a gap of many grid steps: both are accepted. A long hole adds one return (the
+  position was held across it, so its PnL is real) and its time counts in the elapsed years, but it
+  adds no bars to the Sharpe's sample. A gap that is not a multiple of the grid (5-minute bars with
+  a 7-minute step, mixed bar sizes) is refused with a DataError.
+
+An explicit ``bars_per_year`` overrides the calendar: annualisation is then by bar count, with
+``years = bars / bars_per_year`` (``bars = len(equity) - 1``), and the timestamps, if any, only
+date the drawdown (no grid check). Without timestamps or an override, a 24/7 market of 5-minute
+bars is assumed: 12 * 24 * 365 = 105,120 bars a year (``schema.BARS_PER_YEAR``; crypto trades on
+weekends, so there is no 252-day calendar). On the store's 5-minute grid the calendar gives
+105,192 bars a year (365.25 days), 0.07% more, since it counts leap days.
 
 Conventions, so that the numbers can be checked by hand:
 
 - bar returns are ``equity[t] / equity[t-1] - 1``; volatility uses the sample standard deviation
-  (``ddof=1``) times ``sqrt(bars_per_year)``;
+  (``ddof=1``) times ``sqrt(bars_per_year)``, and Sharpe is their mean over that standard deviation
+  times ``sqrt(bars_per_year)``;
 - ``risk_free`` is an annual rate, turned into a per-bar rate
   ``(1 + rf) ** (1 / bars_per_year) - 1`` and subtracted from every bar return for Sharpe and
   Sortino (volatility stays that of the raw returns);
 - Sortino divides by the downside deviation ``sqrt(mean(min(excess, 0) ** 2))`` over all bars;
-- the annualised return is geometric: ``(equity[-1] / equity[0]) ** (bars_per_year / bars) - 1``
-  with ``bars = len(equity) - 1``;
+- the annualised return is geometric over the elapsed years:
+  ``(equity[-1] / equity[0]) ** (1 / years) - 1``; turnover per year is the summed
+  ``|change of position|`` over ``years``;
 - max drawdown is a positive fraction of the running peak; its duration is the longest time spent
   under a previous peak (from the peak bar to the first bar back at or above it, or to the last
   bar if it never recovers), as backtesting.py and empyrical report it.
@@ -36,6 +52,7 @@ from quantum_alpha_jax import errors
 from quantum_alpha_jax.data import schema
 
 BARS_PER_YEAR = schema.BARS_PER_YEAR
+YEAR = pd.Timedelta(days=365.25)
 
 
 def _finite_or_none(value) -> float | None:
@@ -80,12 +97,51 @@ def _trade_pnls(trades) -> np.ndarray:
   return np.asarray(trades, dtype=np.float64).ravel()
 
 
-def trading_stats(equity, positions, *, bars_per_year: float = BARS_PER_YEAR, trades=None,
+def annualisation(timestamps, bars: int, bars_per_year: float | None = None,
+                  where: str = 'trading_stats') -> tuple[float, float]:
+  """``(bars_per_year, years)`` of ``bars`` values at ``timestamps`` [bars] (or None) by the
+  calendar rules of the module docstring; an explicit ``bars_per_year`` annualises by bar count."""
+  if bars_per_year is not None and not bars_per_year > 0:
+    raise errors.ConfigError(errors.describe(
+        f'{where}: bars_per_year', f'{bars_per_year!r} is invalid',
+        'use a positive number (105120 for 24/7 5-minute bars), or None to take it from the '
+        'timestamps'))
+  times = None if timestamps is None else pd.DatetimeIndex(timestamps)
+  if times is not None and len(times) != bars:
+    raise errors.DataError(errors.describe(where, f'{len(times)} timestamps for {bars} bars',
+                                           'pass one timestamp per bar'))
+  if times is None or bars_per_year is not None:
+    frequency = BARS_PER_YEAR if bars_per_year is None else float(bars_per_year)
+    return frequency, (bars - 1) / frequency
+  nanoseconds = times.as_unit('ns').asi8
+  steps = np.diff(nanoseconds)
+  if steps.size and steps.min() <= 0:
+    row = int(np.flatnonzero(steps <= 0)[0]) + 1
+    raise errors.DataError(errors.describe(
+        where, f'timestamps are not strictly increasing (bar {row}, {times[row]})',
+        'sort the bars by time and drop duplicates'))
+  years = (nanoseconds[-1] - nanoseconds[0]) / YEAR.value
+  values, counts = np.unique(steps, return_counts=True)
+  grid = int(values[np.argmax(counts)])  # the most common step; ties go to the shortest
+  off_grid = np.flatnonzero(steps % grid)
+  if off_grid.size:
+    row = int(off_grid[0]) + 1
+    raise errors.DataError(errors.describe(
+        where, f'{off_grid.size} of {steps.size} bar spacings are not a multiple of the '
+        f'{pd.Timedelta(grid)} grid (first: {pd.Timedelta(int(steps[row - 1]))} before bar {row}, '
+        f'{times[row]})', 'put the bars on one regular grid (data.klines.regularize fills short '
+        'holes and starts a segment after long ones), or pass bars_per_year to annualise by bar '
+        'count'))
+  return YEAR.value / grid, years
+
+
+def trading_stats(equity, positions, *, bars_per_year: float | None = None, trades=None,
                   fees_paid: float = 0.0, risk_free: float = 0.0, timestamps=None) -> dict:
   """JSON-ready performance statistics of equity [time] and position weights [time].
 
   ``trades`` is a DataFrame with a ``pnl`` column (or a sequence of trade PnLs); ``timestamps``
-  [time] (optional) adds the drawdown duration as a time span. See the module docstring.
+  [time] (optional) annualise by the calendar and add the drawdown duration as a time span;
+  ``bars_per_year`` overrides the bar frequency. See the module docstring.
   """
   equity = np.asarray(equity, dtype=np.float64).ravel()
   positions = np.asarray(positions, dtype=np.float64).ravel()
@@ -102,6 +158,7 @@ def trading_stats(equity, positions, *, bars_per_year: float = BARS_PER_YEAR, tr
     raise errors.DataError(errors.describe('trading_stats', f'initial equity {equity[0]}',
                                            'equity must start positive'))
   bars = equity.size - 1
+  bars_per_year, years = annualisation(timestamps, equity.size, bars_per_year)
   # Once equity reaches 0 (ruin) it stays there; returns after that are 0, not 0/0.
   previous = equity[:-1]
   returns = np.divide(equity[1:], previous, out=np.ones(bars), where=previous > 0) - 1.0
@@ -110,7 +167,7 @@ def trading_stats(equity, positions, *, bars_per_year: float = BARS_PER_YEAR, tr
   total_return = equity[-1] / equity[0] - 1.0
   growth = equity[-1] / equity[0]
   with np.errstate(over='ignore'):  # a huge growth over a few bars annualises to inf -> None
-    annual_return = float(np.power(growth, bars_per_year / bars) - 1.0) if growth > 0 else -1.0
+    annual_return = float(np.power(growth, 1.0 / years) - 1.0) if growth > 0 else -1.0
   volatility = returns.std(ddof=1) if bars > 1 else 0.0
   if volatility > 0:
     sharpe = excess.mean() / volatility * math.sqrt(bars_per_year)
@@ -127,15 +184,14 @@ def trading_stats(equity, positions, *, bars_per_year: float = BARS_PER_YEAR, tr
   duration = None
   if timestamps is not None:
     times = pd.DatetimeIndex(timestamps)
-    if len(times) != equity.size:
-      raise errors.DataError(errors.describe(
-          'trading_stats', f'{len(times)} timestamps for {equity.size} bars'))
     duration = str(times[end_bar] - times[peak_bar])
   pnls = _trade_pnls(trades)
   wins, losses = pnls[pnls > 0], pnls[pnls < 0]
   previous_positions = np.concatenate([[0.0], positions[:-1]])
   return {
       'bars': int(equity.size),
+      'years': float(years),
+      'bars_per_year': float(bars_per_year),
       'initial_equity': float(equity[0]),
       'final_equity': float(equity[-1]),
       'total_return': float(total_return),
@@ -153,7 +209,6 @@ def trading_stats(equity, positions, *, bars_per_year: float = BARS_PER_YEAR, tr
       'profit_factor': float(wins.sum() / -losses.sum()) if losses.size else None,
       'expectancy': float(pnls.mean()) if pnls.size else None,
       'exposure': float(np.mean(positions != 0)),
-      'turnover_per_year': float(np.abs(positions - previous_positions).sum()
-                                 * bars_per_year / equity.size),
+      'turnover_per_year': float(np.abs(positions - previous_positions).sum() / years),
       'fees_paid': float(fees_paid),
   }
