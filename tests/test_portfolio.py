@@ -55,3 +55,21 @@ def test_holes_carry_equity_forward_and_bad_frames_are_refused():
   shuffled = frame.iloc[::-1].reset_index(drop=True)
   with pytest.raises(errors.DataError, match='unsorted'):
     portfolio.run(shuffled, np.ones(len(frame)))
+
+
+def test_observed_column_defers_fills_and_stats_follow_the_calendar():
+  frame = _frame(n=600)
+  rng = np.random.default_rng(3)
+  frame['observed'] = rng.random(len(frame)) > 0.2
+  target = np.where(np.arange(len(frame)) // 37 % 2 == 0, 1.0, 0.0)
+  result = portfolio.run(frame, target, initial_capital=10_000.0)
+  for symbol in ('BTCUSDT', 'ETHUSDT'):
+    rows = (frame['symbol'] == symbol).to_numpy()
+    alone = engine.run_backtest(target[rows], frame['open'][rows], frame['close'][rows],
+                                frame['timestamp'][rows], initial_capital=5_000.0,
+                                observed=frame['observed'][rows].to_numpy())
+    np.testing.assert_allclose(result.by_symbol[symbol].equity, alone.equity, rtol=1e-12)
+    assert not result.by_symbol[symbol].traded_units[~frame['observed'][rows].to_numpy()].any()
+  returns = result.equity.pct_change().dropna()
+  assert result.stats['sharpe'] == pytest.approx(
+      returns.mean() / returns.std() * np.sqrt(365.25 * 288), rel=1e-9)

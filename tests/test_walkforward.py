@@ -39,6 +39,16 @@ def test_monthly_windows_follow_the_calendar_and_restart_from_fresh_capital():
   assert report['beat_buy_and_hold']['toggle'] == beat
   table = walkforward.summary_table(report)
   assert list(table.index) == ['toggle', 'buy_and_hold']
+  # Hole-filling bars pass through to each window's backtest: no fill at them.
+  observed = np.random.default_rng(1).random(times.size) > 0.3
+  holes = walkforward.walk_forward({'toggle': target}, open_price, close, times,
+                                   observed=observed)
+  alone = engine.run_backtest(target[february], open_price[february], close[february],
+                              times[february], observed=observed[february])
+  assert holes['windows'][1]['toggle']['total_return'] == pytest.approx(
+      alone.stats['total_return'], rel=1e-12)
+  assert holes['windows'][1]['toggle']['total_return'] != pytest.approx(
+      report['windows'][1]['toggle']['total_return'], rel=1e-6)
 
 
 def test_too_short_a_period_and_a_bad_frequency_are_clear_errors():
