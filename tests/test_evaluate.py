@@ -191,7 +191,9 @@ def test_forecast_report(forecasts):
   assert len(report['direction_accuracy_per_horizon']) == y_true.shape[1]
   zero = report['baselines']['zero']
   assert zero['rmse'] == pytest.approx(np.sqrt(np.mean(y_true ** 2)))
-  assert zero['dm_vs_model']['statistic'] > 2  # the model beats predicting zero
+  assert zero['dm_vs_model']['statistic'] > 0  # the model beats predicting zero
+  assert zero['dm_vs_model'] == forecast.diebold_mariano(  # on the last (whole-horizon) column
+      y_true[:, -1] ** 2, (y_true[:, -1] - median[:, -1]) ** 2, horizon=y_true.shape[1])
   assert report['baselines']['truth']['dm_vs_model']['statistic'] < -2  # a perfect baseline wins
   assert zero['direction_accuracy']['accuracy'] == 0.0
   # Padding rows are excluded.
@@ -202,6 +204,36 @@ def test_forecast_report(forecasts):
   assert _strict_json(padded) == _strict_json(report)
   with pytest.raises(errors.ConfigError, match='0.5'):
     forecast.forecast_report(y_true, predictions, (0.1, 0.4, 0.9))
+
+
+def test_forecast_report_dm_tests_the_horizon_cumulative_return():
+  """Targets are cumulative (y[:, h] = r[t+1] + ... + r[t+h+1]); DM must compare the squared errors
+  of y[:, -1], checked against a direct Newey-West / HLN / scipy Student-t computation."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  items, horizon = 400, 6
+  bar_returns = rng.normal(0.0, 1.0, items + horizon)
+  steps = np.arange(1, horizon + 1)
+  y_true = np.stack([np.cumsum(bar_returns[t + 1:t + 1 + horizon]) for t in range(items)])
+  median = y_true + rng.normal(0, 1.0, y_true.shape) * np.sqrt(steps)  # noisier further out
+  predictions = np.stack([median - 1, median, median + 1], axis=-1)
+  # Right on the whole horizon, wrong at every earlier step: only the last column judges it.
+  baseline = y_true[:, -1:] * steps / horizon + rng.normal(0, 3.0, y_true.shape)
+  baseline[:, -1] = y_true[:, -1] + rng.normal(0, 1.2, items)
+  report = forecast.forecast_report(y_true, predictions, QUANTILES,
+                                    baselines={'baseline': baseline})
+  dm = report['baselines']['baseline']['dm_vs_model']
+  difference = (y_true[:, -1] - baseline[:, -1]) ** 2 - (y_true[:, -1] - median[:, -1]) ** 2
+  centred = difference - difference.mean()
+  long_run = np.mean(centred ** 2) + 2 * sum(
+      (1 - lag / horizon) * np.sum(centred[lag:] * centred[:-lag]) / items
+      for lag in range(1, horizon))
+  statistic = difference.mean() / np.sqrt(long_run / items) * np.sqrt(
+      (items + 1 - 2 * horizon + horizon * (horizon - 1) / items) / items)
+  assert dm['count'] == items
+  assert dm['mean_difference'] == pytest.approx(difference.mean(), rel=1e-12)
+  assert dm['statistic'] == pytest.approx(statistic, rel=1e-9)
+  assert dm['p_value'] == pytest.approx(2 * scipy_stats.t.sf(abs(statistic), items - 1), rel=1e-6)
 
 
 def test_trading_stats_hand_worked():

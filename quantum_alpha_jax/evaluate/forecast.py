@@ -275,8 +275,10 @@ def forecast_report(y_true, quantile_predictions, quantiles: Sequence[float], ma
   """JSON-ready metrics of the median forecast, its outermost interval, and point baselines.
 
   y_true [items, horizon], quantile_predictions [items, horizon, quantiles], mask [items], each
-  baseline [items, horizon]. Baselines are DM-tested against the model on the squared error of the
-  horizon-summed (cumulative) return; a positive statistic there means the model's loss is lower.
+  baseline [items, horizon]: cumulative returns to each step, so ``[:, -1]`` is the return over the
+  whole horizon. Baselines are DM-tested against the model on the squared error of that last
+  column (the horizon's cumulative return; items overlap, hence ``horizon - 1`` HAC lags); a
+  positive statistic means the model's loss is lower.
   """
   y_true = _as_float_array(y_true, 'forecast_report: y_true', check=False)
   predictions = _as_float_array(quantile_predictions, 'forecast_report: quantile_predictions',
@@ -326,9 +328,10 @@ def forecast_report(y_true, quantile_predictions, quantiles: Sequence[float], ma
       },
       'baselines': {},
   }
-  model_cumulative_loss = (y_true.sum(axis=1) - predictions[..., median].sum(axis=1)) ** 2
+  # The targets are already cumulative: the horizon's return is the last column, not a sum.
+  model_cumulative_loss = (y_true[:, -1] - predictions[:, -1, median]) ** 2
   for name, baseline in baselines.items():
-    baseline_loss = (y_true.sum(axis=1) - baseline.sum(axis=1)) ** 2
+    baseline_loss = (y_true[:, -1] - baseline[:, -1]) ** 2
     report['baselines'][name] = {
         **_point_metrics(y_true, baseline),
         'dm_vs_model': diebold_mariano(baseline_loss, model_cumulative_loss,
