@@ -2,9 +2,12 @@
 
 python -m experiments.evaluate --config=configs/evaluate.py --config.model=oracle \
     --config.checkpoint=checkpoints/oracle-quick [--config.data=STORE_DIR] \
-    [--config.start=2023-07-01 --config.end=2024-01-01] [--workdir=DIR]
+    [--config.start=2023-07-01 --config.end=2024-01-01] [--config.allow_validation=True] \
+    [--workdir=DIR]
 
 Writes results.json and the model's plots to --workdir (default <checkpoint>/evaluate-<range>).
+A range overlapping the run's validation split is refused unless --config.allow_validation=True,
+and then labelled "validation (used for model selection)".
 """
 
 import pathlib

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,9 +13,12 @@ from scipy import optimize
 from scipy import stats as scipy_stats
 from sklearn import metrics as sk
 
+from configs import data as data_config
+from configs import evaluate as evaluate_config
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.evaluate import forecast
 from quantum_alpha_jax.evaluate import regime
+from quantum_alpha_jax.evaluate import saved
 from quantum_alpha_jax.evaluate import trading
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -209,7 +213,6 @@ def test_forecast_report(forecasts):
 def test_forecast_report_dm_tests_the_horizon_cumulative_return():
   """Targets are cumulative (y[:, h] = r[t+1] + ... + r[t+h+1]); DM must compare the squared errors
   of y[:, -1], checked against a direct Newey-West / HLN / scipy Student-t computation."""
-  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
   items, horizon = 400, 6
   bar_returns = rng.normal(0.0, 1.0, items + horizon)
@@ -336,3 +339,39 @@ def test_silhouette_against_sklearn_and_subsampling():
   report = regime.regime_report(labels, labels, latents, mask=np.r_[np.ones(600), np.zeros(300)])
   assert report['accuracy'] == 1.0 and report['count'] == 600
   assert report['silhouette'] == pytest.approx(sk.silhouette_score(latents[:600], labels[:600]))
+
+
+def test_saved_run_refuses_its_validation_split_unless_allowed(tmp_path):
+  """Validation chose the checkpoint: scoring it is refused, or labelled when asked for."""
+  run = ml_collections.ConfigDict({'data': data_config.get_config('quick')})
+  config = evaluate_config.get_config()
+  assert config.allow_validation is False
+  test = saved.evaluation_data_config(run, config)  # the default: the run's test split
+  assert saved.evaluation_label(run, config, test) == saved.HELD_OUT_LABEL
+  config.start, config.end = run.data.splits.validation
+  with pytest.raises(errors.ConfigError, match=r'overlaps the run.s validation split.*best '
+                     r'checkpoint.*test split.*allow_validation=True') as refused:
+    saved.evaluation_data_config(run, config)
+  assert 'validation or test period' not in str(refused.value)
+  config.start, config.end = '2024-01-23', '2024-01-26'  # straddles validation and test
+  with pytest.raises(errors.ConfigError, match='validation split'):
+    saved.evaluation_data_config(run, config)
+  config.allow_validation = True
+  allowed = saved.evaluation_data_config(run, config)
+  assert tuple(allowed.splits.evaluation) == ('2024-01-23', '2024-01-26')
+  assert saved.evaluation_label(run, config, allowed) == 'validation (used for model selection)'
+  config.start, config.end = run.data.splits.train  # training data stays refused, flag or not
+  with pytest.raises(errors.ConfigError, match='training split.*test split'):
+    saved.evaluation_data_config(run, config)
+  # Another store: the run never selected on it, so validation dates are held out there.
+  other = tmp_path / 'other_store'
+  other.mkdir()
+  (other / 'store.json').write_text('{}')
+  config.allow_validation = False
+  config.data, (config.start, config.end) = str(other), run.data.splits.validation
+  elsewhere = saved.evaluation_data_config(run, config)
+  assert saved.evaluation_label(run, config, elsewhere) == saved.HELD_OUT_LABEL
+  results = {'model': 'oracle', 'checkpoint': 'ckpt', 'best_step': 3, 'store': 's',
+             'range': ['a', 'b'], 'label': saved.VALIDATION_LABEL, 'evaluation': {'x': 1.0},
+             'results_json': 'r.json'}
+  assert '(validation (used for model selection))' in saved.format_results(results).splitlines()[0]

@@ -14,6 +14,10 @@ The run in ``config.checkpoint`` (a workdir of ``experiments.oracle``, ``.lstm``
   from the run's own training split in its own store, never from the evaluated range.
 - A range that overlaps the run's training split is refused when it is evaluated on the training
   store, since that would score the model on data it has seen.
+- A range that overlaps the run's validation split on that store is refused too: validation chose
+  the best checkpoint, so its score is optimistic. ``config.allow_validation=True`` evaluates it
+  anyway, and the results (``label``, the printed header) say "validation (used for model
+  selection)"; every other range is labelled "held out".
 
 It writes the same ``results.json`` and plots as the training experiment's own evaluation.
 """
@@ -31,6 +35,8 @@ from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.train import writers
 
 MODELS = ('oracle', 'lstm', 'guardian', 'strategist')
+HELD_OUT_LABEL = 'held out'
+VALIDATION_LABEL = 'validation (used for model selection)'
 
 
 def _module(name: str):
@@ -54,12 +60,37 @@ def _record(workdir: pathlib.Path) -> dict[str, Any]:
   return checkpoint_lib.read_run_record(workdir)
 
 
+def _own_store(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> bool:
+  return not config.data or (pathlib.Path(config.data).resolve()
+                             == pathlib.Path(saved.data.store_dir).resolve())
+
+
+def _overlaps(evaluation: windows.Split, saved: ml_collections.ConfigDict, name: str
+              ) -> windows.Split | None:
+  """The run's split ``name`` if ``evaluation`` overlaps it, else None."""
+  if name not in saved.data.splits:
+    return None
+  split = windows.Split(name, *saved.data.splits[name])
+  if evaluation.start_ns < split.end_ns and split.start_ns < evaluation.end_ns:
+    return split
+  return None
+
+
+def evaluation_label(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                     data_config: ml_collections.ConfigDict) -> str:
+  """:data:`VALIDATION_LABEL` if the evaluated range overlaps the run's own validation split on
+  its own store (allowed only with ``config.allow_validation``), else :data:`HELD_OUT_LABEL`."""
+  evaluation = windows.Split('evaluation', *data_config.splits.evaluation)
+  if _own_store(saved, config) and _overlaps(evaluation, saved, 'validation'):
+    return VALIDATION_LABEL
+  return HELD_OUT_LABEL
+
+
 def evaluation_data_config(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict
                            ) -> ml_collections.ConfigDict:
   """The saved data config pointed at ``config.data`` with the single ``evaluation`` split."""
   data_config = ml_collections.ConfigDict(saved.data.to_dict())
-  own_store = not config.data or (pathlib.Path(config.data).resolve()
-                                  == pathlib.Path(saved.data.store_dir).resolve())
+  own_store = _own_store(saved, config)
   if config.data:
     store = pathlib.Path(config.data)
     if not (store / 'store.json').exists():
@@ -78,13 +109,20 @@ def evaluation_data_config(saved: ml_collections.ConfigDict, config: ml_collecti
     raise errors.ConfigError(errors.describe('config.start', 'the run has no test split',
                                              'set --config.start and --config.end'))
   evaluation = windows.Split('evaluation', *bounds)
-  if own_store and 'train' in saved.data.splits:
-    train = windows.Split('train', *saved.data.splits.train)
-    if evaluation.start_ns < train.end_ns and train.start_ns < evaluation.end_ns:
-      raise errors.ConfigError(errors.describe(
-          'config.start/end', f'{evaluation.describe()} overlaps the run\'s training split '
-          f'{train.describe()} on the store it was trained on',
-          'evaluate a range after the training split (the run\'s validation or test period)'))
+  train = _overlaps(evaluation, saved, 'train') if own_store else None
+  if train is not None:
+    raise errors.ConfigError(errors.describe(
+        'config.start/end', f'{evaluation.describe()} overlaps the run\'s training split '
+        f'{train.describe()} on the store it was trained on',
+        'evaluate the run\'s test split (leave start and end empty) or a range after it'))
+  validation = _overlaps(evaluation, saved, 'validation') if own_store else None
+  if validation is not None and not config.get('allow_validation', False):
+    raise errors.ConfigError(errors.describe(
+        'config.start/end', f'{evaluation.describe()} overlaps the run\'s validation split '
+        f'{validation.describe()}, which chose its best checkpoint, so the score would be '
+        'optimistic', 'evaluate the run\'s test split (leave start and end empty) or a range '
+        'after it; --config.allow_validation=True scores it anyway, labelled "validation (used '
+        'for model selection)"'))
   data_config.splits = ml_collections.ConfigDict({'evaluation': bounds})
   return data_config
 
@@ -101,6 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   module = _module(config.model)
   task, params, saved = module.load(checkpoint)
   data_config = evaluation_data_config(saved, config)
+  label = evaluation_label(saved, config, data_config)
   workdir = pathlib.Path(workdir)
   batch_size = int(config.batch_size)
   if config.model in ('oracle', 'lstm'):
@@ -122,6 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
                                  record['trajectories']['initial_return_quantiles'], workdir)
   results = {'model': config.model, 'checkpoint': str(checkpoint), 'workdir': str(workdir),
              'store': data_config.store_dir, 'range': list(data_config.splits.evaluation),
+             'label': label,
              'best_step': record.get('best_step'), 'evaluation': report,
              'config': config.to_dict(), 'run_config': saved.to_dict()}
   results['results_json'] = str(writers.write_results(workdir, results))
@@ -131,7 +171,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
 def format_results(results: dict[str, Any]) -> str:
   report = results['evaluation']
   lines = [f'{results["model"]} from {results["checkpoint"]} (best step {results["best_step"]}) '
-           f'on {results["store"]}, {results["range"][0]} .. {results["range"][1]}']
+           f'on {results["store"]}, {results["range"][0]} .. {results["range"][1]} '
+           f'({results.get("label", HELD_OUT_LABEL)})']
   flat = pd.json_normalize(report, sep='.').T
   scalars = [(k, v) for k, v in flat[0].items() if isinstance(v, (int, float)) and not
              isinstance(v, bool)][:25]
