@@ -79,18 +79,16 @@ def naive_eligible(arrays: windows.WindowArrays, spec: windows.WindowSpec) -> np
   symbol, segment = np.asarray(arrays.symbol), np.asarray(arrays.segment)
   observed, valid = np.asarray(arrays.observed), np.asarray(arrays.valid)
   timestamp = np.asarray(arrays.timestamp)
-  # Full length of the run of filled bars each row belongs to.
-  run_length = np.zeros(len(observed), int)
-  row = 0
-  while row < len(observed):
-    if observed[row]:
-      row += 1
-      continue
-    end = row
-    while end + 1 < len(observed) and not observed[end + 1] and segment[end + 1] == segment[row]:
+
+  def hole_seen_by(row, last):
+    """Length of the run of filled bars holding ``row``, counted up to row ``last`` only."""
+    start, end = row, row
+    while start > 0 and not observed[start - 1] and segment[start - 1] == segment[row]:
+      start -= 1
+    while end < last and not observed[end + 1] and segment[end + 1] == segment[row]:
       end += 1
-    run_length[row:end + 1] = end - row + 1
-    row = end + 1
+    return end - start + 1
+
   result = []
   for anchor in range(len(observed)):
     first, last = anchor - spec.encoder_length + 1, anchor + spec.decoder_length
@@ -98,7 +96,9 @@ def naive_eligible(arrays: windows.WindowArrays, spec: windows.WindowSpec) -> np
       continue
     rows = slice(first, last + 1)
     if (len(set(symbol[rows])) == 1 and np.all(np.diff(timestamp[rows]) == schema.BAR_NANOSECONDS)
-        and valid[rows].all() and (run_length[rows] <= spec.max_hole_bars).all()):
+        and valid[rows].all()
+        and all(hole_seen_by(row, last) <= spec.max_hole_bars
+                for row in range(first, last + 1) if not observed[row])):
       result.append(anchor)
   return np.array(result, np.int64)
 
@@ -128,9 +128,12 @@ def test_filled_runs_of_one_allowed_two_rejected(frames, tmp_path):
     rows = window_rows(windows.eligible_anchors(arrays, spec), spec)
     # Every window that could contain the single filled bar is kept ...
     assert np.sum(np.any(rows == single, axis=1)) == spec.window_length
-    # ... and the filled pair is excluded unless two filled bars are tolerated.
+    # ... and the filled pair is excluded unless two filled bars are tolerated; only the window
+    # that ends on its first bar sees one filled bar (the second is after it).
     touches_pair = np.any(np.isin(rows, pair), axis=1)
-    assert np.sum(touches_pair) == (spec.window_length + 1 if pair_allowed else 0)
+    assert np.sum(touches_pair) == (spec.window_length + 1 if pair_allowed else 1)
+    if not pair_allowed:
+      assert rows[touches_pair][0, -1] == pair[0]
 
 
 def test_windows_never_cross_a_long_hole_or_a_symbol(tmp_path):
@@ -513,3 +516,137 @@ def test_synthetic_market_end_to_end(tmp_path):
   assert set(batch['regime'].tolist()) <= {0, 1, 2}
   check_batch_against_reference(batch, frames, split_data['train'].source.arrays.symbols,
                                 normalizer)
+
+
+# ----------------------------------------------------------------------------------------------
+# Signals: bars whose past window is usable, whatever comes after them.
+
+
+def test_calendar_features_equal_the_frames_columns(frames):
+  frame = frames['ETHUSDT']  # two weeks: every hour of every weekday
+  np.testing.assert_array_equal(
+      windows.calendar_features(frame[schema.TIMESTAMP].astype('int64').to_numpy()),
+      frame[list(features_lib.KNOWN_FUTURE_FEATURES)].to_numpy(np.float32))
+
+
+def _cut_after(frames, symbol, cut, hole=None):
+  """``frames`` with ``symbol``'s rows after row ``cut`` dropped (all of them, or the next
+  ``hole`` rows: a data hole, then a new segment)."""
+  frame = frames[symbol]
+  stop = len(frame) if hole is None else cut + 1 + hole
+  changed = dict(frames)
+  changed[symbol] = frame.drop(index=range(cut + 1, stop)).reset_index(drop=True)
+  return changed
+
+
+def test_eligibility_without_a_decoder_reads_no_later_bar(tmp_path):
+  """A filled run that starts at bar t and goes on after it: bar t's eligibility (its past window
+  alone) is the same as when the run stops at t."""
+  klines = make_klines(1000, seed=5)
+  spec = windows.WindowSpec(24, 0, max_hole_bars=1)
+  results = []
+  for name, filled in (('short', [600]), ('long', [600, 601, 602])):
+    arrays = windows.WindowArrays.from_frames(
+        {'BTCUSDT': features_lib.compute_features(fill_bars(klines, filled))}, tmp_path / name)
+    anchors = windows.eligible_anchors(arrays, spec)
+    np.testing.assert_array_equal(anchors, naive_eligible(arrays, spec))
+    results.append(anchors[anchors <= 600])
+  assert results[0][-1] == 600  # one filled bar so far: allowed
+  np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize('hole', [None, 40])
+def test_signal_source_covers_every_bar_with_a_usable_past(frames, data, tmp_path, hole):
+  """Every bar of the split whose past window is usable, also the bars whose label horizon runs
+  past the data's end or into a hole; cutting the data after bar t changes no bar up to t."""
+  split_data, normalizer, _ = data
+  test = split_data['test']
+  source = windows.signal_source(test)
+  arrays = source.arrays
+  timestamp = np.asarray(arrays.timestamp)
+  expected = naive_eligible(arrays, windows.WindowSpec(SPEC.encoder_length, 0, 1))
+  expected = expected[(timestamp[expected] >= SPLITS[2].start_ns)
+                      & (timestamp[expected] < SPLITS[2].end_ns)]
+  np.testing.assert_array_equal(source.anchors, expected)
+  assert set(test.source.anchors) < set(source.anchors.tolist())
+  assert source.past_only and source.spec == test.source.spec
+  # The last bar of each symbol (no future at all) has a row; its windows read no later row.
+  last_rows = [arrays.symbol_rows(symbol).stop - 1 for symbol in arrays.symbols]
+  assert set(last_rows) <= set(source.anchors.tolist())
+  full = test.source.gather(test.source.anchors[-8:])
+  past = source.gather(test.source.anchors[-8:])
+  for name in ('encoder', 'decoder_known', 'encoder_returns', 'symbol', 'timestamp'):
+    np.testing.assert_array_equal(past[name], full[name])
+  assert np.isnan(past['future_returns']).all() and past['future_returns'].shape == (8, 6)
+  assert source.gather(np.array(last_rows))['encoder'].shape == (2, 24, 44)
+
+  # Cut BTC after bar t (the data ends, or a 40-bar hole opens): the bars up to t keep their rows
+  # and their windows.
+  cut = int(np.searchsorted(frames['BTCUSDT'][schema.TIMESTAMP], pd.Timestamp('2023-01-13',
+                                                                           tz='UTC')))
+  changed, _ = windows.make_datasets(
+      _cut_after(frames, 'BTCUSDT', cut, hole), SPEC, SPLITS, 16, tmp_path, normalizer=normalizer,
+      num_devices=1, shard_index=0, shard_count=1)
+  other = windows.signal_source(changed['test'])
+  t = frames['BTCUSDT'][schema.TIMESTAMP].iloc[cut].value
+
+  def up_to_cut(signal_source):
+    rows = signal_source.anchors
+    keep = ((signal_source.arrays.symbol[rows] == 0)
+            & (np.asarray(signal_source.arrays.timestamp)[rows] <= t))
+    return signal_source.gather(rows[keep])
+
+  before, after = up_to_cut(source), up_to_cut(other)
+  assert len(before['timestamp']) == len(after['timestamp']) > 100
+  for name in ('timestamp', 'encoder', 'decoder_known'):
+    np.testing.assert_array_equal(before[name], after[name])
+  assert before['timestamp'][-1] == t
+
+
+# ----------------------------------------------------------------------------------------------
+# The validation subset that chooses the best checkpoint.
+
+
+def test_evaluation_subset_spans_every_symbol_and_the_whole_split(data):
+  split_data, _, _ = data
+  source = split_data['val'].source
+  anchors = source.anchors
+  symbol = source.arrays.symbol[anchors]
+  count = 40
+  subset = windows.evaluation_subset(source, count, seed=7)
+  assert len(subset) == len(np.unique(subset)) == count and set(subset) <= set(anchors)
+  np.testing.assert_array_equal(subset, np.sort(subset))  # by symbol, then time (row order)
+  np.testing.assert_array_equal(windows.evaluation_subset(source, count, seed=7), subset)
+  assert not np.array_equal(windows.evaluation_subset(source, count, seed=8), subset)
+  for index in range(len(source.arrays.symbols)):
+    mine = anchors[symbol == index]
+    picked = subset[source.arrays.symbol[subset] == index]
+    # A share in proportion to the symbol's windows, spread from its first to its last: no gap
+    # between picks (or before the first, after the last) longer than two slices.
+    assert len(picked) == pytest.approx(count * len(mine) / len(anchors), abs=1)
+    width = -(-len(mine) // len(picked))
+    positions = np.searchsorted(mine, picked)
+    assert positions[0] < width and positions[-1] >= len(mine) - width
+    assert np.diff(positions).max() < 2 * width
+  # Fewer windows than symbols: the largest symbols get one each; 0 or more than all: all.
+  assert len(np.unique(source.arrays.symbol[windows.evaluation_subset(source, 1)])) == 1
+  np.testing.assert_array_equal(windows.evaluation_subset(source, 0), anchors)
+  np.testing.assert_array_equal(windows.evaluation_subset(source, len(anchors) + 1), anchors)
+  described = windows.describe_anchors(source, subset)
+  assert described['windows'] == count and described['of'] == len(anchors)
+  assert sum(entry['windows'] for entry in described['symbols'].values()) == count
+
+
+def test_evaluation_shards_of_a_subset_partition_it(data):
+  split_data, _, _ = data
+  source = split_data['val'].source
+  subset = windows.evaluation_subset(source, 48, seed=0)
+  seen, lengths = [], set()
+  for shard_index in range(3):
+    dataset = windows.evaluation_dataset(source, 24, anchors=subset, shard_index=shard_index,
+                                         shard_count=3, num_devices=1)
+    lengths.add(len(dataset))
+    seen.append(np.concatenate([batch['anchor'][batch['mask'] == 1] for batch in dataset]))
+    np.testing.assert_array_equal(seen[-1], subset[shard_index::3])
+  assert lengths == {2}
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), subset)

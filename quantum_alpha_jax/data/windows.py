@@ -509,8 +509,10 @@ class WindowArrays:
 def eligible_anchors(arrays: WindowArrays, spec: WindowSpec) -> np.ndarray:
   """Rows t whose window [t - encoder + 1, t + decoder] is usable, sorted ``[num_windows]`` int64.
 
-  Usable: one symbol and segment, all rows valid, and no row in a run of filled bars longer than
-  ``spec.max_hole_bars`` (the run's full length counts, also where it starts before the window).
+  Usable: one symbol and segment, all rows valid, and no run of filled bars longer than
+  ``spec.max_hole_bars`` up to the window's last row (a run counts its bars before the window too,
+  but none after it: eligibility reads no row later than the window's last, so with
+  ``decoder_length`` 0 it depends on bars up to the anchor only).
   """
   num_rows = arrays.num_rows
   first_anchor = spec.encoder_length - 1
@@ -519,13 +521,15 @@ def eligible_anchors(arrays: WindowArrays, spec: WindowSpec) -> np.ndarray:
     return np.zeros(0, np.int64)
   segment = np.asarray(arrays.segment)
   missing = ~np.asarray(arrays.observed)
-  # Runs of filled bars, split at segment boundaries; each filled row gets its run's length.
+  # Runs of filled bars, split at segment boundaries; each filled row gets its depth in its run
+  # (1 on the run's first bar). The deepest row of a run inside a window is the run's length up to
+  # the window's last row, so the window is unusable exactly when some row is deeper than allowed.
   run_starts = missing.copy()
   run_starts[1:] &= ~(missing[:-1] & (segment[1:] == segment[:-1]))
-  run_id = np.cumsum(run_starts)
-  run_length = np.bincount(run_id[missing], minlength=int(run_id[-1]) + 1)
+  rows = np.arange(num_rows, dtype=np.int64)
+  depth = rows - np.maximum.accumulate(np.where(run_starts, rows, 0)) + 1
   unusable = ~np.asarray(arrays.valid)
-  unusable[missing] |= run_length[run_id[missing]] > spec.max_hole_bars
+  unusable[missing] |= depth[missing] > spec.max_hole_bars
   unusable_before = np.concatenate([[0], np.cumsum(unusable, dtype=np.int64)])
   anchors = np.arange(first_anchor, last_anchor + 1, dtype=np.int64)
   first_rows = anchors - spec.encoder_length + 1
@@ -717,17 +721,37 @@ class Normalizer:
 # Random access and vectorised batches.
 
 
+def calendar_features(timestamps: np.ndarray) -> np.ndarray:
+  """``KNOWN_FUTURE_FEATURES`` (hour, day_of_week, is_trading_hour) of bars opening at
+  ``timestamps [...]`` (int64 ns, UTC), ``[..., 3]`` float32: the clock alone, by the rules of
+  ``features.compute_features``, so a decoder's known inputs need no row of a future bar."""
+  timestamps = np.asarray(timestamps, np.int64)
+  # pylint: disable=protected-access  (one definition of the calendar rules: features.py's)
+  hour = (timestamps // features_lib._NANOSECONDS_PER_HOUR) % 24
+  day_of_week = (timestamps // features_lib._NANOSECONDS_PER_DAY
+                 + features_lib._EPOCH_DAY_OF_WEEK) % 7
+  session_start, session_end = features_lib._TRADING_HOURS
+  # pylint: enable=protected-access
+  trading = (day_of_week < 5) & (hour >= session_start) & (hour < session_end)
+  return np.stack([hour, day_of_week, trading], axis=-1).astype(np.float32)
+
+
 class WindowSource(grain.sources.RandomAccessDataSource):
   """The windows of one split: ``source[i]`` is the window at ``anchors[i]``; :meth:`gather`
-  reads a whole batch of anchors at once (what the Grain pipelines map over)."""
+  reads a whole batch of anchors at once (what the Grain pipelines map over).
+
+  ``past_only``: the anchors need only their encoder rows (:func:`signal_source`); :meth:`gather`
+  reads no row after an anchor and returns NaN ``future_returns``.
+  """
 
   def __init__(self, arrays: WindowArrays, spec: WindowSpec, anchors: np.ndarray,
-               normalizer: Normalizer, name: str = ''):
+               normalizer: Normalizer, name: str = '', *, past_only: bool = False):
     self.arrays = arrays
     self.spec = spec
     self.anchors = np.ascontiguousarray(anchors, dtype=np.int64)
     self.normalizer = normalizer
     self.name = name
+    self.past_only = bool(past_only)
     if len(self.anchors) == 0:
       raise errors.DataError(errors.describe(f'WindowSource {name!r}', 'no windows'))
     if spec.extra_features:
@@ -755,36 +779,43 @@ class WindowSource(grain.sources.RandomAccessDataSource):
   def gather(self, anchors: np.ndarray) -> dict[str, np.ndarray]:
     """Reads and normalises the windows at row ``anchors [batch]``; -1 marks padding (mask 0).
 
-    Returns ``encoder [batch, encoder, 44]``, ``decoder_known [batch, decoder, 3]``,
-    ``future_returns [batch, decoder]``, ``encoder_returns [batch, encoder]`` and per-item
-    ``symbol``, ``anchor``, ``timestamp``, ``regime``, ``mask``; with ``spec.extra_features`` also
+    Returns ``encoder [batch, encoder, 44]``, ``decoder_known [batch, decoder, 3]`` (the calendar
+    of the coming bars, known at the anchor), ``future_returns [batch, decoder]`` (NaN when
+    ``past_only``), ``encoder_returns [batch, encoder]`` and per-item ``symbol``, ``anchor``,
+    ``timestamp``, ``regime``, ``mask``; with ``spec.extra_features`` also
     ``encoder_extra [batch, encoder, 2]``.
     """
     anchors = np.asarray(anchors, np.int64).reshape(-1)
     real = anchors >= 0
     anchors = np.where(real, anchors, self.anchors[0])
-    encoder_length = self.spec.encoder_length
-    rows = anchors[:, None] + self.spec.offsets
-    window = np.take(self.arrays.features, rows, axis=0)  # [batch, window, 44]
-    anchor_row = window[:, encoder_length - 1]
-    encoder = self.normalizer.apply(window[:, :encoder_length], anchor_row)
-    decoder_known = self.normalizer.apply(
-        window[:, encoder_length:][..., _KNOWN_FUTURE_COLUMNS], anchor_row, _KNOWN_FUTURE_COLUMNS)
-    returns = np.take(self.arrays.log_return, rows)
+    encoder_length, decoder_length = self.spec.encoder_length, self.spec.decoder_length
+    rows = anchors[:, None] + self.spec.offsets[:encoder_length]
+    window = np.take(self.arrays.features, rows, axis=0)  # [batch, encoder, 44]
+    anchor_row = window[:, -1]
+    encoder = self.normalizer.apply(window, anchor_row)
+    timestamp = np.take(self.arrays.timestamp, anchors)
+    ahead = np.arange(1, decoder_length + 1, dtype=np.int64) * schema.BAR_NANOSECONDS
+    decoder_known = self.normalizer.apply(calendar_features(timestamp[:, None] + ahead),
+                                          anchor_row, _KNOWN_FUTURE_COLUMNS)
+    if self.past_only:
+      future_returns = np.full((len(anchors), decoder_length), np.nan, np.float32)
+    else:
+      future_returns = np.take(self.arrays.log_return,
+                               anchors[:, None] + np.arange(1, decoder_length + 1))
     extra = {}
     if self.spec.extra_features:
       # Fixed scaling, no fitted statistics: 2 (ratio - 1/2) lies in [-1, 1]; the z-score is one.
-      values = np.take(self.arrays.array('extra_features'), rows[:, :encoder_length], axis=0)
+      values = np.take(self.arrays.array('extra_features'), rows, axis=0)
       values[..., 0] = 2.0 * (values[..., 0] - 0.5)
       extra = {'encoder_extra': values}
     return {**extra,
         'encoder': encoder,
         'decoder_known': decoder_known,
-        'future_returns': np.ascontiguousarray(returns[:, encoder_length:]),
-        'encoder_returns': np.ascontiguousarray(returns[:, :encoder_length]),
+        'future_returns': future_returns,
+        'encoder_returns': np.take(self.arrays.log_return, rows),
         'symbol': np.take(self.arrays.symbol, anchors),
         'anchor': np.where(real, anchors, -1),
-        'timestamp': np.take(self.arrays.timestamp, anchors),
+        'timestamp': timestamp,
         'regime': np.take(self.arrays.regime, anchors).astype(np.int32),
         'mask': real.astype(np.float32),
     }
@@ -861,17 +892,21 @@ def training_dataset(source: WindowSource, batch_size: int, seed: int, *,
 
 
 def evaluation_dataset(source: WindowSource, batch_size: int, *,
+                       anchors: np.ndarray | None = None,
                        shard_index: int | None = None, shard_count: int | None = None,
                        num_devices: int | None = None) -> grain.MapDataset:
-  """One ordered pass over this process's shard; the last batch is padded with ``mask`` 0.
+  """One ordered pass over this process's shard of ``anchors`` (default: all of the source's, or
+  a subset from :func:`evaluation_subset`); the last batch is padded with ``mask`` 0.
 
-  Every shard yields the same number of batches, so multi-host evaluation steps stay in lockstep.
+  Process k takes positions k, k + P, ... Every shard yields the same number of batches, so
+  multi-host evaluation steps stay in lockstep.
   """
   shard_index, shard_count = _shard(shard_index, shard_count)
   per_process = local_batch_size(batch_size, shard_count, num_devices)
-  per_shard = math.ceil(len(source) / shard_count)
+  anchors = source.anchors if anchors is None else np.asarray(anchors, np.int64)
+  per_shard = math.ceil(len(anchors) / shard_count)
   num_batches = math.ceil(per_shard / per_process)
-  mine = source.anchors[shard_index::shard_count]
+  mine = anchors[shard_index::shard_count]
   padded = np.full(num_batches * per_process, -1, np.int64)
   padded[:len(mine)] = mine
   dataset = grain.MapDataset.range(len(padded))
@@ -958,3 +993,100 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: WindowSpec,
       steps = len(dataset)
     result[split.name] = SplitData(split, source, dataset, steps)
   return result, normalizer
+
+
+# ----------------------------------------------------------------------------------------------
+# The bars a model trades on, and the validation subset that picks the best checkpoint.
+
+
+def signal_source(split: SplitData | WindowSource) -> WindowSource:
+  """Every bar of ``split`` whose past window is usable, as a ``past_only`` source of the split's
+  window spec: whether a bar gets a signal depends on bars up to it alone, never on its label
+  horizon (a bar just before a data hole or the split's end keeps its signal).
+
+  A bar belongs to a SplitData's split when it opens in ``[start, end)``; its encoder may read the
+  bars before the start (the past is known at that bar). For a bare WindowSource, the span runs
+  from the first bar of its earliest window to the last bar of its latest.
+  """
+  source = getattr(split, 'source', split)
+  spec, arrays = source.spec, source.arrays
+  timestamps = np.asarray(arrays.timestamp)
+  if isinstance(split, SplitData):
+    start, end = split.split.start_ns, split.split.end_ns
+  else:
+    start = timestamps[source.anchors - spec.encoder_length + 1].min()
+    end = timestamps[source.anchors + spec.decoder_length].max() + 1
+  anchors = eligible_anchors(arrays, WindowSpec(spec.encoder_length, 0, spec.max_hole_bars))
+  inside = (timestamps[anchors] >= start) & (timestamps[anchors] < end)
+  return WindowSource(arrays, spec, anchors[inside], source.normalizer, source.name,
+                      past_only=True)
+
+
+def anchor_bars(source: Any, anchors: np.ndarray | None = None) -> np.ndarray:
+  """The bar (row of ``source.arrays``) of each of ``anchors`` (default: ``source.anchors``): a
+  window's anchor row, or an episode's first bar for a trajectory source
+  (``episodes['start_row']``)."""
+  anchors = np.asarray(source.anchors if anchors is None else anchors, np.int64)
+  episodes = getattr(source, 'episodes', None)
+  if episodes is not None:
+    return np.asarray(episodes['start_row'], np.int64)[anchors]
+  return anchors
+
+
+def _shares(count: int, sizes: np.ndarray) -> np.ndarray:
+  """``count`` items over groups of ``sizes``: one per group (the largest first when ``count`` is
+  short), the rest in proportion to ``sizes - 1`` by largest remainder."""
+  if count < len(sizes):
+    shares = np.zeros(len(sizes), np.int64)
+    shares[np.argsort(-sizes, kind='stable')[:count]] = 1
+    return shares
+  spare = sizes - 1
+  exact = (count - len(sizes)) * spare / max(int(spare.sum()), 1)
+  shares = np.floor(exact).astype(np.int64)
+  remainder = count - len(sizes) - int(shares.sum())
+  shares[np.argsort(-(exact - shares), kind='stable')[:remainder]] += 1
+  return shares + 1
+
+
+def evaluation_subset(source: Any, count: int, seed: int = 0) -> np.ndarray:
+  """``count`` of ``source.anchors`` spread over every symbol and the split's whole time range
+  (all of them when ``count`` is 0 or covers the split).
+
+  Each symbol gets a share of ``count`` in proportion to its windows (at least one each); its
+  windows, in time order, are cut into that many equal slices and one window is drawn from each
+  slice with ``seed`` (random within a slice, so the subset cannot alias with the daily cycle).
+  Returned by symbol, then time: the same subset for the same arguments, in every process and at
+  every evaluation.
+  """
+  anchors = np.asarray(source.anchors, np.int64)
+  if count <= 0 or count >= len(anchors):
+    return anchors
+  bars = anchor_bars(source)
+  symbol = np.asarray(source.arrays.symbol)[bars]
+  order = np.lexsort((np.asarray(source.arrays.timestamp)[bars], symbol))
+  _, sizes = np.unique(symbol[order], return_counts=True)
+  rng = np.random.default_rng(seed)
+  chosen, begin = [], 0
+  for size, share in zip(sizes, _shares(int(count), sizes)):
+    if share:
+      edges = np.arange(share + 1, dtype=np.int64) * size // share  # slices, none empty
+      picks = edges[:-1] + np.floor(rng.random(share) * np.diff(edges)).astype(np.int64)
+      chosen.append(order[begin + picks])
+    begin += size
+  return anchors[np.concatenate(chosen)]
+
+
+def describe_anchors(source: Any, anchors: np.ndarray | None = None) -> dict[str, Any]:
+  """JSON-ready summary of ``anchors`` (default: all) of ``source``: their number and, per symbol,
+  the count and the first and last bar (UTC)."""
+  anchors = np.asarray(source.anchors if anchors is None else anchors, np.int64)
+  bars = anchor_bars(source, anchors)
+  symbol = np.asarray(source.arrays.symbol)[bars]
+  timestamp = np.asarray(source.arrays.timestamp)[bars]
+  per_symbol = {}
+  for index in np.unique(symbol):
+    times = timestamp[symbol == index]
+    per_symbol[source.arrays.symbols[index]] = {
+        'windows': int(len(times)), 'first': pd.Timestamp(times.min(), tz='UTC').isoformat(),
+        'last': pd.Timestamp(times.max(), tz='UTC').isoformat()}
+  return {'windows': int(len(anchors)), 'of': int(len(source.anchors)), 'symbols': per_symbol}
