@@ -867,6 +867,26 @@ def _series_summary(values: Sequence[float]) -> dict[str, Any]:
           'min': float(values.min()), 'max': float(values.max())}
 
 
+def continual_vs_frozen(continual: Sequence[float | None], frozen: Sequence[float | None],
+                        metric_mode: str) -> dict[str, Any]:
+  """The gain of the continual model over the frozen one per period [periods], summarised.
+
+  gain = frozen - continual for a metric to minimise (the other way round to maximise), so a
+  positive gain means continual is better. Period 0's frozen model is the continual one, so the
+  mean, std and the shares better / worse all count the later periods only.
+  """
+  sign = 1.0 if metric_mode == 'min' else -1.0
+  gains = [None if c is None or f is None else sign * (f - c)
+           for c, f in list(zip(continual, frozen))[1:]]
+  compared = [g for g in gains if g is not None and math.isfinite(g)]
+  share = lambda keep: float(np.mean([keep(g) for g in compared])) if compared else None
+  return {**_series_summary(gains), 'share_better': share(lambda g: g > 0),
+          'share_worse': share(lambda g: g < 0),
+          'note': 'gain = frozen - continual for a metric to minimise (the other way round to '
+                  'maximise): positive means continual is better; period 0 (the same model) is '
+                  'left out of the mean, std and shares alike'}
+
+
 def simulate(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> dict[str, Any]:
   """Replays ``config.simulation`` period by period on the store of ``config.task.data`` (module
   doc), resumably, in ``workdir/simulation``: periods, models, ``results.json``, a PNG."""
@@ -922,18 +942,12 @@ def simulate(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str])
             'frozen': [p['frozen'].get(metric) for p in periods]}
   for name in periods[0]['baselines'] if periods else ():
     series[name] = [p['baselines'][name].get(metric) for p in periods]
-  sign = 1.0 if config.metric_mode == 'min' else -1.0
-  gains = [sign * (f - c) for c, f in zip(series['continual'], series['frozen'])]
   results = {
       'model': config.model, 'metric': metric, 'metric_mode': config.metric_mode,
       'simulation': simulation.to_dict(), 'periods': periods,
       'summary': {name: _series_summary(values) for name, values in series.items()},
-      'continual_vs_frozen': {**_series_summary(gains),
-                              'share_better': float(np.mean([g > 0 for g in gains[1:]]))
-                              if len(gains) > 1 else None,
-                              'note': 'gain = frozen - continual for a metric to minimise (the '
-                                      'other way round to maximise); the first period is the same '
-                                      'model, so share_better counts the later ones'},
+      'continual_vs_frozen': continual_vs_frozen(series['continual'], series['frozen'],
+                                                 config.metric_mode),
       'config': config.to_dict(),
   }
   results['plot'] = str(plot_comparison(
@@ -1014,6 +1028,19 @@ def plot_comparison(labels: Sequence[str], series: Mapping[str, Sequence[float |
   return path
 
 
+def continual_vs_frozen_sentence(gain: Mapping[str, Any]) -> str:
+  """One line: continual better / worse / tied with frozen by ``|mean gain|``, over the periods
+  after the first (``gain``: ``results['continual_vs_frozen']`` of :func:`simulate`)."""
+  mean = gain['mean']
+  spread = (f'mean gain {mean:+.4g} ± {gain["std"]:.2g} (std) over the {gain["periods"]} periods '
+            f'after the first; continual better in {gain["share_better"]:.0%}, worse in '
+            f'{gain["share_worse"]:.0%} of them')
+  if mean == 0:
+    return f'continual tied with frozen: {spread}'
+  word = 'better' if mean > 0 else 'worse'
+  return f'continual {word} than frozen by {abs(mean):.4g}: {spread}'
+
+
 def format_simulation(results: Mapping[str, Any]) -> str:
   """The per-period table and the mean ± spread of each series."""
   metric = results['metric']
@@ -1031,9 +1058,7 @@ def format_simulation(results: Mapping[str, Any]) -> str:
     lines.append(f'{statistic:<10}  {"":>7}  ' + '  '.join(
         cell(summary[statistic]) for summary in results['summary'].values()))
   gain = results['continual_vs_frozen']
-  if gain['mean'] is not None and gain['share_better'] is not None:
-    lines.append(f'continual better than frozen by {gain["mean"]:.4g} ± {gain["std"]:.2g} '
-                 f'(mean ± std over periods), in {gain["share_better"]:.0%} of the '
-                 f'{len(results["periods"]) - 1} periods after the first')
+  if gain['mean'] is not None:
+    lines.append(continual_vs_frozen_sentence(gain))
   lines.append(f'results: {results.get("results_json")}; plot: {results.get("plot")}')
   return '\n'.join(lines)

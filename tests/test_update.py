@@ -359,8 +359,10 @@ def test_walk_forward_replays_periods_against_a_frozen_model(jax_cache, tmp_path
   summary = results['summary']['continual']
   assert summary['mean'] == pytest.approx(losses.mean()) and summary['std'] == pytest.approx(
       losses.std(ddof=1))
-  gains = np.array([p['frozen']['loss'] - p['continual']['loss'] for p in results['periods']])
+  gains = np.array([p['frozen']['loss'] - p['continual']['loss'] for p in results['periods']])[1:]
   assert results['continual_vs_frozen']['mean'] == pytest.approx(gains.mean())
+  assert results['continual_vs_frozen']['periods'] == len(gains) == 1
+  assert results['continual_vs_frozen']['share_better'] == np.mean(gains > 0)
   assert set(results['summary']) == {'continual', 'frozen', 'zero_return',
                                      'last_return_persistence', 'train_mean', 'climatology'}
   assert pathlib.Path(results['plot']).stat().st_size > 10_000
@@ -370,4 +372,25 @@ def test_walk_forward_replays_periods_against_a_frozen_model(jax_cache, tmp_path
   again = update.simulate(config, workdir)
   assert again['periods'] == json.loads(json.dumps(results['periods']))
   assert models.versions('continual') == [1, 2]
-  assert 'continual better than frozen' in update.format_simulation(again)
+  word = 'better' if gains.mean() > 0 else 'worse' if gains.mean() < 0 else 'tied'
+  line = next(line for line in update.format_simulation(again).splitlines()
+              if line.startswith('continual '))
+  assert line.startswith(f'continual {word} ') and f'{gains.mean():+.4g}' in line
+
+
+@pytest.mark.parametrize('mode, continual, frozen, word, mean, share_better', [
+    ('min', [1.0, 0.8, 1.1, 0.9], [1.0, 1.0, 1.0, 1.0], 'better', 0.2 / 3, 2 / 3),
+    ('min', [1.0, 1.3, 0.9, 1.2], [1.0, 1.0, 1.0, 1.0], 'worse', -0.4 / 3, 1 / 3),
+    ('max', [0.5, 0.4, 0.7], [0.5, 0.5, 0.6], 'tied', 0.0, 0.5),
+])
+def test_continual_vs_frozen_names_the_direction_over_the_later_periods(
+    mode, continual, frozen, word, mean, share_better):
+  """Period 0 is the same model (gain 0): it must count in neither the mean nor the shares."""
+  gain = update.continual_vs_frozen(continual, frozen, mode)
+  assert gain['periods'] == len(continual) - 1
+  assert gain['mean'] == pytest.approx(mean, abs=1e-12)
+  assert gain['share_better'] == pytest.approx(share_better)
+  line = update.continual_vs_frozen_sentence(gain)
+  assert line.startswith(f'continual {word} ')
+  if word != 'tied':
+    assert f'by {abs(mean):.4g}:' in line
