@@ -216,3 +216,55 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_params(tmp_path):
   changed = _run_loop(tmp_path / 'b', learning_rate=3e-3)
   assert changed.returncode != 0
   assert 'optimizer.learning_rate' in changed.stderr and 'new --workdir' in changed.stderr
+
+
+def test_validation_reads_a_fixed_subset_over_every_symbol_and_the_whole_split(tmp_path):
+  """``max_eval_batches`` picks windows of every symbol from the split's start to its end (the
+  split is ordered by symbol, then time: its first batches would be BTC's first hours), the same
+  at every evaluation, and the run's record names them."""
+  from quantum_alpha_jax.data import features, synthetic, windows  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from tests.linear_task import LinearTask  # pylint: disable=g-import-not-at-top
+
+  frames = {symbol: features.compute_features(frame) for symbol, frame in synthetic.generate_market(
+      ('BTCUSDT', 'ETHUSDT'), start='2024-01-01', end='2024-01-12', seed=3).items()}
+  splits = [windows.Split('train', '2024-01-01', '2024-01-08'),
+            windows.Split('validation', '2024-01-08', '2024-01-12')]
+  data, _ = windows.make_datasets(frames, windows.WindowSpec(16, 4), splits, 16, tmp_path / 'cache',
+                                  seed=5, num_devices=1, shard_index=0, shard_count=1)
+  validation = data['validation']
+  seen = []
+
+  def eval_step(params, batch):
+    del params
+    mask = np.asarray(batch['mask'])
+    seen[-1].append(np.asarray(batch['anchor'])[mask == 1])
+    return {'count': float(mask.sum()), 'loss': float(mask.sum())}
+
+  mesh = step_lib.make_mesh(1)
+  for _ in range(2):
+    seen.append([])
+    loop.evaluate(eval_step, None, validation, mesh, max_batches=3, batch_size=16, seed=0)
+  first, second = (np.concatenate(batches) for batches in seen)
+  np.testing.assert_array_equal(first, second)
+  assert len(first) == len(np.unique(first)) == 48
+  arrays = validation.source.arrays
+  anchors = validation.source.anchors
+  timestamp = np.asarray(arrays.timestamp)
+  for index in range(len(arrays.symbols)):
+    every = timestamp[anchors[arrays.symbol[anchors] == index]]
+    picked = timestamp[first[arrays.symbol[first] == index]]
+    assert len(picked) >= 20  # about half of the 48 each
+    slice_width = (every.max() - every.min()) / len(picked)
+    assert picked.min() - every.min() <= 2 * slice_width
+    assert every.max() - picked.max() <= 2 * slice_width
+
+  config = loop.train_config(batch_size=16, num_steps=2, eval_every_steps=2, log_every_steps=1,
+                             patience=0, max_eval_batches=3, seed=0)
+  result = loop.train_and_evaluate(config, LinearTask(), data, tmp_path / 'run')
+  expected = windows.describe_anchors(validation.source, first)
+  recorded = checkpoint_lib.read_run_record(tmp_path / 'run')['validation_subset']
+  assert recorded['symbols'] == expected['symbols'] == result.summary['validation_subset']['symbols']
+  assert (recorded['windows'], recorded['of']) == (48, len(anchors))
+  assert result.best_metrics['count'] == 48

@@ -29,7 +29,9 @@ import numpy as np
 
 from quantum_alpha_jax import distributed
 from quantum_alpha_jax.data.windows import SplitData
+from quantum_alpha_jax.data.windows import describe_anchors
 from quantum_alpha_jax.data.windows import evaluation_dataset
+from quantum_alpha_jax.data.windows import evaluation_subset
 from quantum_alpha_jax.data.windows import make_iterator
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.progress import Progress
@@ -64,7 +66,8 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       'num_epochs': 100,
       'num_steps': 0,  # > 0 overrides num_epochs
       'eval_every_steps': 0,  # 0: once per epoch
-      'max_eval_batches': 0,  # 0: the whole validation split
+      'max_eval_batches': 0,  # 0: the whole validation split; else a fixed subset over every
+                              # symbol and the whole split (loop.evaluation_anchors)
       'log_every_steps': 50,
       'patience': 15,  # evaluations without improvement before stopping; 0: never stop early
       'min_delta': 0.0,
@@ -93,23 +96,33 @@ class TrainResult:
   state: state_lib.TrainState
 
 
+def evaluation_anchors(split: SplitData, max_batches: int, batch_size: int,
+                       seed: int = 0) -> np.ndarray:
+  """The windows :func:`evaluate` reads: all of ``split``, or with ``max_batches > 0`` a fixed
+  subset of ``max_batches * batch_size`` spread over every symbol and the whole split
+  (``windows.evaluation_subset`` with ``seed``): the same at every evaluation and in every
+  process."""
+  count = max_batches * batch_size if max_batches > 0 else 0
+  return evaluation_subset(split.source, count, seed)
+
+
 def evaluate(eval_step: Callable[..., Any], params: Any, split: SplitData,
              mesh: jax.sharding.Mesh, max_batches: int = 0, *,
-             batch_size: int | None = None) -> dict[str, float]:
-  """Exact means of the task metrics over ``split`` (padding rows masked), or its first batches.
+             batch_size: int | None = None, seed: int = 0) -> dict[str, float]:
+  """Exact means of the task metrics over ``split`` (padding rows masked), or over the fixed
+  subset of ``max_batches`` global batches of :func:`evaluation_anchors`.
 
-  With several processes, each feeds every ``process_count``-th window of the (whole) split in
-  global batches of ``batch_size`` (default: the split's batch); the means are the same.
+  With several processes, each feeds every ``process_count``-th of those windows in global batches
+  of ``batch_size`` (default: the split's batch); the means are the same.
   """
-  dataset, steps = split.dataset, split.steps_per_epoch
-  if jax.process_count() > 1:
-    batch_size = batch_size or int(np.shape(split.dataset[0]['mask'])[0])
-    dataset = evaluation_dataset(split.source, batch_size, shard_index=jax.process_index(),
-                                 shard_count=jax.process_count())
-    steps = len(dataset)
+  batch_size = batch_size or int(np.shape(split.dataset[0]['mask'])[0])
+  anchors = evaluation_anchors(split, max_batches, batch_size, seed)
+  dataset = split.dataset
+  if jax.process_count() > 1 or len(anchors) < len(split.source):
+    dataset = evaluation_dataset(split.source, batch_size, anchors=anchors,
+                                 shard_index=jax.process_index(), shard_count=jax.process_count())
   sums = []
-  limit = steps if max_batches <= 0 else min(max_batches, steps)
-  for _, batch in zip(range(limit), make_iterator(dataset)):
+  for batch in make_iterator(dataset):
     sums.append(eval_step(params, step_lib.shard_batch(batch, mesh)))
   return step_lib.mean_metrics(jax.device_get(sums))
 
@@ -181,6 +194,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
   record = {'step': 0, 'best_step': None, 'best_metrics': None, 'evaluations_without_improvement': 0,
             'stopped_early': False, 'train_seconds': 0.0, 'config': run_config,
             **dict(extra_record or {})}
+  # The windows that choose the best checkpoint, recorded with the run (the same at every step).
+  subset = describe_anchors(validation.source, evaluation_anchors(
+      validation, config.max_eval_batches, config.batch_size, config.seed))
+  subset.update(max_eval_batches=int(config.max_eval_batches), seed=int(config.seed))
+  logging.info('Validation on %d of %d windows: %s', subset['windows'], subset['of'],
+               '; '.join(f'{name} {entry["windows"]} from {entry["first"]} to {entry["last"]}'
+                         for name, entry in subset['symbols'].items()))
+  record['validation_subset'] = subset
   resume_step = checkpoints.latest_step()
   if resume_step is not None:
     saved = checkpoints.read_record(resume_step)
@@ -191,6 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
           'pass a new --workdir, or delete the old one to start again'))
     state, record = checkpoints.restore(resume_step, state, iterator)
     record['config'] = run_config
+    record['validation_subset'] = subset
     logging.info('Resumed from %s at step %d', workdir / 'checkpoints', resume_step)
   writer = writers.MetricWriter(workdir, resume_step=resume_step)
   train_step = step_lib.make_train_step(task.loss_fn, optimizer, schedule, mesh, dtype=dtype,
@@ -237,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
       if step % eval_every == 0 or step == total_steps:
         flush_train_metrics()
         evaluated = evaluate(eval_step, state.params, validation, mesh, config.max_eval_batches,
-                             batch_size=config.batch_size)
+                             batch_size=config.batch_size, seed=config.seed)
         writer.write(step, 'validation', evaluated)
         value = evaluated[config.validation_metric]
         if _improved(value, (record['best_metrics'] or {}).get(config.validation_metric),
@@ -280,6 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
       'train_seconds': train_seconds,
       'samples_per_second': step * config.batch_size / train_seconds if train_seconds else None,
       'windows': {name: split.num_windows for name, split in data.items()},
+      'validation_subset': subset,
   }
   # With several processes the params leave as a copy local to each process: work after training
   # (evaluation, plots, export) must not start collectives that other processes never join.
