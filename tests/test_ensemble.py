@@ -90,3 +90,37 @@ def test_shorts_and_bad_configs():
   bad = dict(signals, p_up=np.where(np.arange(500) == 7, np.nan, signals['p_up']))
   with pytest.raises(errors.DataError, match='NaN'):
     ensemble.positions(bad, ensemble.ensemble_config())
+
+
+@pytest.mark.parametrize('row', list(ensemble.ABLATIONS))
+def test_bars_without_a_signal_are_flat_and_skipped_by_the_rule(row):
+  """Where ``available`` is False (a model has no signal there; NaN in the signals) the target is
+  flat, and on the other bars the rule is the reference run on those bars alone (the uncertainty
+  EMA carries over the gaps)."""
+  signals = _signals(seed=4)
+  available = np.ones(500, bool)
+  available[:30] = available[200:260] = available[400:403] = False
+  holed = {name: np.where(available, value.astype(np.float64), np.nan)
+           for name, value in signals.items()}
+  config = ensemble.ablation_configs(ensemble.ensemble_config())[row]
+  result = ensemble.positions(holed, config, available=available)
+  assert np.all(result[~available] == 0.0)
+  np.testing.assert_allclose(
+      result[available], _reference({k: v[available] for k, v in signals.items()}, config),
+      atol=1e-6)
+  with pytest.raises(errors.DataError, match='available=False'):
+    ensemble.positions(holed, config)
+
+
+def test_causal_ema_skips_unavailable_bars():
+  values = np.random.default_rng(5).normal(size=60).astype(np.float32)
+  available = np.random.default_rng(6).random(60) < 0.7
+  available[:3] = False
+  expected, ema = [], 0.0
+  for value, present in zip(values, available):
+    if present:
+      ema = value if not expected or not np.any(available[:len(expected)]) else (
+          0.5 ** 0.1 * ema + (1 - 0.5 ** 0.1) * value)
+    expected.append(ema)
+  np.testing.assert_allclose(np.asarray(ensemble.causal_ema(values, 10.0, available)), expected,
+                             atol=1e-5)

@@ -25,6 +25,9 @@ The rule (``config`` from :func:`ensemble_config`; each component can be switche
    ``guardian.risk_scale[risk_level]`` and ``guardian.regime_scale[regime]``, and set flat in a
    bear regime at high risk when ``guardian.flat_in_high_risk_bear``.
 4. The result is clipped to [0, 1] (or [-1, 1] with shorts).
+5. **No signal, no position**: at a bar where a component switched on has no signal
+   (``available`` False: its past window is not usable, e.g. the warm-up after a data hole), the
+   target is flat. Such a bar is skipped by the uncertainty EMA, which carries its value over it.
 
 Everything is elementwise except the uncertainty EMA, an associative scan; the whole rule is one
 jitted function of arrays over the test period (no per-bar Python loop).
@@ -100,13 +103,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'{config.oracle.uncertainty_halflife_bars} must be positive'))
 
 
-def causal_ema(values: jax.Array, halflife: float) -> jax.Array:
-  """``ema_t = a ema_{t-1} + (1 - a) x_t`` started at ``x_0`` (``a = 0.5 ** (1 / halflife)``), as an
-  associative scan of the affine maps ``e -> a e + b``; uses bars ``<= t`` only."""
+def causal_ema(values: jax.Array, halflife: float, available: jax.Array | None = None
+               ) -> jax.Array:
+  """``ema_t = a ema_{t-1} + (1 - a) x_t`` started at the first ``x`` (``a = 0.5 ** (1 /
+  halflife)``), as an associative scan of the affine maps ``e -> a e + b``; uses bars ``<= t``
+  only. Bars where ``available`` is False are skipped (``ema_t = ema_{t-1}``; 0 before the first)."""
   decay = 0.5 ** (1.0 / halflife)
   values = jnp.asarray(values, jnp.float32)
-  a = jnp.full_like(values, decay).at[0].set(0.0)
-  b = (1.0 - a) * values
+  available = (jnp.ones(values.shape, bool) if available is None
+               else jnp.asarray(available, bool))
+  first = available & (jnp.cumsum(available) == 1)
+  a = jnp.where(first, 0.0, jnp.where(available, decay, 1.0))
+  b = jnp.where(available, (1.0 - a) * values, 0.0)
 
   def combine(first, second):
     return first[0] * second[0], second[0] * first[1] + second[1]
@@ -118,7 +126,8 @@ def required_signals(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(signal for name in components(config) for signal in SIGNALS[name])
 
 
-def _positions(signals: Mapping[str, jax.Array], *, active: tuple[str, ...], allow_short: bool,
+def _positions(signals: Mapping[str, jax.Array], available: jax.Array, *,
+               active: tuple[str, ...], allow_short: bool,
                enter: float, gate: float, uncertainty_ratio: float, halflife: float,
                risk_scale: tuple[float, ...], regime_scale: tuple[float, ...],
                flat_in_high_risk_bear: bool) -> jax.Array:
@@ -141,7 +150,7 @@ def _positions(signals: Mapping[str, jax.Array], *, active: tuple[str, ...], all
     keep = jnp.where(position > 0, p_up >= gate, jnp.where(position < 0, p_up <= 1.0 - gate, True))
     if uncertainty_ratio > 0:
       uncertainty = jnp.asarray(signals['uncertainty'], jnp.float32)
-      keep &= uncertainty <= uncertainty_ratio * causal_ema(uncertainty, halflife)
+      keep &= uncertainty <= uncertainty_ratio * causal_ema(uncertainty, halflife, available)
     position = jnp.where(keep, position, 0.0)
 
   if 'guardian' in active[1:]:
@@ -152,6 +161,7 @@ def _positions(signals: Mapping[str, jax.Array], *, active: tuple[str, ...], all
     if flat_in_high_risk_bear:
       position = jnp.where((regime == BEAR) & (risk == 2), 0.0, position)
 
+  position = jnp.where(available, position, 0.0)
   return jnp.clip(position, -1.0 if allow_short else 0.0, 1.0)
 
 
@@ -160,8 +170,11 @@ _positions_jit = jax.jit(_positions, static_argnames=(
     'regime_scale', 'flat_in_high_risk_bear'))
 
 
-def positions(signals: Mapping[str, np.ndarray], config: ml_collections.ConfigDict) -> np.ndarray:
-  """Target positions ``[time]`` from per-bar signal arrays ``[time]`` (names in ``SIGNALS``)."""
+def positions(signals: Mapping[str, np.ndarray], config: ml_collections.ConfigDict,
+              available: np.ndarray | None = None) -> np.ndarray:
+  """Target positions ``[time]`` from per-bar signal arrays ``[time]`` (names in ``SIGNALS``);
+  flat where ``available [time]`` (default: every bar) is False, whatever the signals hold there
+  (NaN included)."""
   check_config(config)
   needed = required_signals(config)
   missing = [name for name in needed if name not in signals]
@@ -174,12 +187,21 @@ def positions(signals: Mapping[str, np.ndarray], config: ml_collections.ConfigDi
   if len(lengths) != 1 or len(next(iter(lengths))) != 1:
     raise errors.DataError(errors.describe('ensemble signals', f'shapes {lengths} differ',
                                            'give every signal as one [time] array'))
+  length = len(next(iter(arrays.values())))
+  available = (np.ones(length, bool) if available is None
+               else np.asarray(available, bool).reshape(-1))
+  if available.shape != (length,):
+    raise errors.DataError(errors.describe('ensemble available', f'shape {available.shape}',
+                                           f'one flag per bar: ({length},)'))
   for name, value in arrays.items():
-    if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-      raise errors.DataError(errors.describe(f'ensemble signal {name!r}', 'holds NaN or inf',
-                                             'drop those bars before the backtest'))
+    if np.issubdtype(value.dtype, np.floating):
+      if not np.all(np.isfinite(value[available])):
+        raise errors.DataError(errors.describe(
+            f'ensemble signal {name!r}', 'holds NaN or inf at a bar marked available',
+            'mark the bars without a signal with available=False'))
+      arrays[name] = np.where(available, value, 0)
   result = _positions_jit(
-      arrays, active=components(config), allow_short=bool(config.allow_short),
+      arrays, available, active=components(config), allow_short=bool(config.allow_short),
       enter=float(config.oracle.enter), gate=float(config.oracle.gate),
       uncertainty_ratio=float(config.oracle.uncertainty_ratio),
       halflife=float(config.oracle.uncertainty_halflife_bars),
