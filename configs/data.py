@@ -23,6 +23,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.start = '2019-01-01'
   config.end = '2025-01-01'
   config.seed = 0
+  # Synthetic market preset (data/synthetic.PRESETS): 'realistic' (the default market, close to
+  # chance for any model) or 'learnable' (identifiable regimes; evaluate/ceiling.py's yardstick).
+  config.synthetic = ml_collections.ConfigDict({'preset': 'realistic'})
   # Files: one entry per symbol, a path or glob (comma-separated for several).
   config.inputs = ml_collections.ConfigDict({'BTCUSDT': '', 'ETHUSDT': ''})
   config.sort = False  # sort unsorted files instead of refusing them

@@ -48,7 +48,7 @@ def load_klines(config: ml_collections.ConfigDict
   klines_lib.check_fill_limit(config.fill_limit_bars)
   if config.source == 'synthetic':
     frames = synthetic.generate_market(symbols=tuple(symbols), start=config.start, end=config.end,
-                                       seed=config.seed)
+                                       seed=config.seed, parameters=synthetic_parameters(config))
     return {s: (f, klines_lib.IngestReport(symbol=s, sources=['synthetic'], rows_read=len(f)))
             for s, f in frames.items()}
   if config.source != 'files':
@@ -68,6 +68,26 @@ def load_klines(config: ml_collections.ConfigDict
       frame = _trim(frame, config.start, config.end)
     result[symbol] = (frame, report)
   return result
+
+
+def synthetic_preset(config: ml_collections.ConfigDict) -> str:
+  """``config.synthetic.preset`` ('realistic' for a config saved before the key existed)."""
+  return str(config.get('synthetic', {}).get('preset', 'realistic'))
+
+
+def synthetic_parameters(config: ml_collections.ConfigDict) -> synthetic.MarketParameters:
+  """The ``MarketParameters`` of the config's synthetic preset."""
+  return synthetic.preset(synthetic_preset(config))
+
+
+def generator_record(config: ml_collections.ConfigDict) -> dict | None:
+  """What built a synthetic store (preset, seed, span, every parameter), for its sidecars, so that
+  ``evaluate/ceiling.py`` can recompute the market's ceiling from the store; None for files."""
+  if config.source != 'synthetic':
+    return None
+  return {'source': 'synthetic', 'preset': synthetic_preset(config), 'seed': int(config.seed),
+          'start': str(config.start), 'end': str(config.end),
+          'parameters': synthetic.parameters_to_dict(synthetic_parameters(config))}
 
 
 def _trim(frame: pd.DataFrame, start: Any, end: Any) -> pd.DataFrame:
@@ -94,7 +114,8 @@ def build_store(config: ml_collections.ConfigDict) -> dict:
     sources[symbol] = [s for s in report.sources if s != 'synthetic']
     gaps[symbol] = report.gaps
     progress.update(1, stage=f'features {symbol}')
-  written = store_lib.write_store(config.store_dir, frames, sources=sources, gaps=gaps)
+  written = store_lib.write_store(config.store_dir, frames, sources=sources, gaps=gaps,
+                                  generator=generator_record(config))
   progress.update(len(loaded), stage='store')
   progress.close()
   summary = summarize(frames, {s: r for s, (_, r) in loaded.items()}, written)

@@ -2,7 +2,8 @@
 
 Each sidecar (``<SYMBOL>_<YEAR>_5m.json``) records the schema version, the feature list, the column
 dtypes, the row counts, the first and last bar, the gaps of that year, the source files with their
-SHA-256, and the parquet file's own size and SHA-256. ``store.json`` lists the files of the current
+SHA-256, what generated a synthetic market (``generator``: preset, seed, span and parameters; None
+for files), and the parquet file's own size and SHA-256. ``store.json`` lists the files of the current
 build; readers only read what it lists.
 
 Writes are atomic. A build first writes and flushes every file into a staging directory beside
@@ -96,11 +97,13 @@ def atomic_write_json(path: str | Path, payload: Any) -> None:
 
 def write_store(root: str | Path, frames: Mapping[str, pd.DataFrame],
                 sources: Mapping[str, Sequence[str]] | None = None,
-                gaps: Mapping[str, Sequence[Any]] | None = None) -> list[dict]:
+                gaps: Mapping[str, Sequence[Any]] | None = None,
+                generator: Mapping[str, Any] | None = None) -> list[dict]:
   """Writes one parquet file + sidecar per symbol and calendar year; returns the sidecars.
 
   ``frames`` maps a symbol to its feature frame (kline columns, ``valid`` and the 44 features).
-  ``sources`` lists each symbol's input files (hashed into the sidecar); ``gaps`` its ``Gap``s.
+  ``sources`` lists each symbol's input files (hashed into the sidecar); ``gaps`` its ``Gap``s;
+  ``generator`` (JSON-ready) records what generated a synthetic market (see ``read_generator``).
   Every file is first written and flushed in a staging directory; only then are they renamed into
   place (milliseconds) and ``store.json`` updated. Each sidecar carries the build id that
   ``store.json`` lists for it, so a store caught between two builds is refused, never mixed.
@@ -144,6 +147,7 @@ def write_store(root: str | Path, frames: Mapping[str, pd.DataFrame],
             'last': last.isoformat(),
             'gaps': [g.to_dict() for g in symbol_gaps if first <= g.start <= last + schema.BAR],
             'sources': source_hashes.get(symbol, []),
+            'generator': None if generator is None else dict(generator),
             'parquet_bytes': parquet.stat().st_size,
             'parquet_sha256': sha256_file(parquet),
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -219,6 +223,15 @@ def read_metadata(root: str | Path, symbol: str, year: int) -> dict:
     raise DataError(describe(str(path), 'sidecar missing', REBUILD)) from error
   except json.JSONDecodeError as error:
     raise DataError(describe(str(path), f'corrupt sidecar ({error.msg})', REBUILD)) from error
+
+
+def read_generator(root: str | Path, symbol: str) -> dict | None:
+  """What generated a symbol's synthetic data (preset, seed, span, parameters), from its first
+  file's sidecar; None for real data or a store built before the record existed."""
+  stems = sorted(stem for stem in read_manifest(root)['files'] if stem.rsplit('_', 2)[0] == symbol)
+  if not stems:
+    raise DataError(describe(str(root), f'no {symbol} files', 'build the store for that symbol'))
+  return read_metadata(root, symbol, int(stems[0].rsplit('_', 2)[1])).get('generator')
 
 
 def read_store(root: str | Path, symbols: Sequence[str] | None = None, start: Any = None,

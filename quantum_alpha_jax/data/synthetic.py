@@ -200,6 +200,61 @@ def stationary_distribution(parameters: MarketParameters | None = None) -> np.nd
   return vector / vector.sum()
 
 
+# The learnable preset: a clean, identifiable version of the same model, the yardstick on which a
+# model that works must beat the naive rules (evaluate/ceiling.py measures its ceiling; figures in
+# its report). A toy by design: the trend drifts are far beyond any real market's.
+# - Regimes last 12 h on average, so a five-day test split holds about ten of them (the majority
+#   class is no longer a 0.85 free lunch) while a 2-hour (24-bar) forecast rarely spans a switch.
+# - Regimes differ by volatility (0.6 / 0.9 / 0.2 a year) and strongly by drift (+-60 a year,
+#   about 0.3 noise standard deviations a bar in bull): once the regime is known, the sign of a
+#   24-bar return is right ~85% of the time in a trend.
+# - Sideways pulls the price back to an anchor (an EMA of the log price with a 6-hour half-life)
+#   with a 2-hour half-life, so after a trend the price reverts against recent momentum: no naive
+#   rule (persistence, momentum, always-up) is right in every regime; the filter is.
+# - No GARCH (alpha = 0) and no symbol-specific deviations: the forward filter of
+#   evaluate/ceiling.py is then the exact Bayes posterior, not an approximation.
+LEARNABLE = MarketParameters(
+    annual_drift=(60.0, -60.0, 0.0),
+    annual_volatility=(0.6, 0.9, 0.2),
+    mean_dwell_hours=(12.0, 12.0, 12.0),
+    regime_jump_probabilities=((0.0, 0.3, 0.7), (0.3, 0.0, 0.7), (0.5, 0.5, 0.0)),
+    sideways_reversion_half_life_hours=2.0,
+    anchor_half_life_hours=6.0,
+    symbol_deviation_per_day=0.0,
+    garch_alpha=0.0,
+)
+PRESETS: Mapping[str, MarketParameters] = {'realistic': MarketParameters(), 'learnable': LEARNABLE}
+
+
+def preset(name: str) -> MarketParameters:
+  """The ``MarketParameters`` of a named preset: 'realistic' (the default market) or 'learnable'."""
+  if name not in PRESETS:
+    raise errors.ConfigError(errors.describe(
+        'synthetic preset', f'unknown preset {name!r}', f'use one of {", ".join(PRESETS)}'))
+  return PRESETS[name]
+
+
+def parameters_to_dict(parameters: MarketParameters) -> dict:
+  """JSON-ready ``MarketParameters`` (symbols included), the inverse of ``parameters_from_dict``."""
+  return dataclasses.asdict(parameters)
+
+
+def parameters_from_dict(values: Mapping) -> MarketParameters:
+  """``MarketParameters`` from ``parameters_to_dict``'s output (lists read back as tuples)."""
+  values = dict(values)
+  symbols = {name: SymbolParameters(**fields) for name, fields in values.pop('symbols').items()}
+  fields = {name: tuple(tuple(row) for row in value) if name == 'regime_jump_probabilities'
+            else tuple(value) if isinstance(value, list) else value
+            for name, value in values.items()}
+  try:
+    return MarketParameters(**fields, symbols=symbols)
+  except TypeError as error:
+    raise errors.ConfigError(errors.describe(
+        'parameters_from_dict', f'not a MarketParameters record ({error})',
+        'pass the dict that parameters_to_dict wrote (a store sidecar\'s generator.parameters)')
+    ) from error
+
+
 def generate_market(
     symbols: Sequence[str] | str = ('BTCUSDT', 'ETHUSDT'),
     start: str | pd.Timestamp = '2019-01-01',
@@ -223,9 +278,7 @@ def generate_market(
   tail_scale = np.sqrt((parameters.student_t_degrees_of_freedom - 2.0) / chi_square)
   market_factor = market_rng['factor'].standard_normal(count)
   hours, weekend = _clock(open_times)
-  volatility_season = _seasonality(
-      hours, weekend, parameters.volatility_seasonality_amplitude,
-      parameters.weekend_volatility_factor, parameters.seasonality_peak_hour, power=2)
+  volatility_season = volatility_seasonality(open_times, parameters)
   volume_season = _seasonality(
       hours, weekend, parameters.volume_seasonality_amplitude, parameters.weekend_volume_factor,
       parameters.seasonality_peak_hour, power=1)
@@ -258,7 +311,9 @@ def _generate_symbol(symbol, seed, parameters, timestamps, market_regime, market
   coefficients[1:] = alpha * shocks[:-1] ** 2 + beta
   offsets = np.full(count, 1.0 - alpha - beta)
   offsets[0] = 0.0
-  garch_variance = linear_recurrence(coefficients, offsets, initial=1.0)
+  # Without shocks (alpha = 0) h stays at its unit start; linear_recurrence needs coefficients > 0.
+  garch_variance = (linear_recurrence(coefficients, offsets, initial=1.0) if alpha > 0
+                    else np.ones(count))
 
   multiplier = symbol_parameters.volatility_multiplier
   bar_volatility = np.asarray(parameters.annual_volatility) / math.sqrt(schema.BARS_PER_YEAR)
@@ -271,8 +326,8 @@ def _generate_symbol(symbol, seed, parameters, timestamps, market_regime, market
   # d_t = (1 - kappa_t - lambda) d_{t-1} + drift_t + noise_t, and the return is
   # r_t = drift_t - kappa_t d_{t-1} + noise_t.
   kappa = np.where(regime == SIDEWAYS,
-                   _half_life_rate(parameters.sideways_reversion_half_life_hours), 0.0)
-  anchor_rate = _half_life_rate(parameters.anchor_half_life_hours)
+                   half_life_rate(parameters.sideways_reversion_half_life_hours), 0.0)
+  anchor_rate = half_life_rate(parameters.anchor_half_life_hours)
   gap = linear_recurrence(1.0 - kappa - anchor_rate, drift + noise, initial=0.0)
   previous_gap = np.concatenate([[0.0], gap[:-1]])
   log_return = drift - kappa * previous_gap + noise
@@ -352,7 +407,8 @@ def linear_recurrence(coefficients: np.ndarray, offsets: np.ndarray,
   return (local + products * carries[:, None]).reshape(-1)[:length]
 
 
-def _half_life_rate(hours: float) -> float:
+def half_life_rate(hours: float) -> float:
+  """The per-bar rate ``1 - 0.5 ** (1 / bars)`` of an exponential decay with this half-life."""
   return 1.0 - 0.5 ** (1.0 / (hours * BARS_PER_HOUR))
 
 
@@ -387,6 +443,17 @@ def _symbol_regimes(rng: np.random.Generator, market_regime: np.ndarray,
     regime[position:position + length] = others[int(rng.integers(len(others)))]
     position += length + int(rng.geometric(1.0 / follow_bars))
   return regime
+
+
+def volatility_seasonality(open_times: np.ndarray,
+                           parameters: MarketParameters | None = None) -> np.ndarray:
+  """The deterministic volatility factor ``seasonality(t)`` ``[time]`` of bars opening at
+  ``open_times`` (int64 ns since the epoch, UTC): the one ``generate_market`` multiplies in."""
+  parameters = parameters or MarketParameters()
+  hours, weekend = _clock(np.asarray(open_times, dtype=np.int64))
+  return _seasonality(hours, weekend, parameters.volatility_seasonality_amplitude,
+                      parameters.weekend_volatility_factor, parameters.seasonality_peak_hour,
+                      power=2)
 
 
 def _clock(open_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
