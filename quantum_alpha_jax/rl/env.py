@@ -16,8 +16,11 @@ Fill, fees and slippage. The book is ``(cash, units)`` with equity starting at 1
 desired holding is ``target * equity_open / fill`` units, the fill price is
 ``open * (1 + slippage * sign(trade))``, and the fee ``fee_rate * |trade| * fill`` is paid from
 cash. With ``rebalance_threshold=None`` the book trades only when the target changes (a constant
-target never churns fees); a number ``h`` trades whenever ``|target - weight| > h``. So a target
-sequence produces the same equity here (float32) as in ``run_backtest`` (float64).
+target never churns fees); a number ``h`` trades whenever ``|target - weight| > h``. Nothing fills
+at the open of a bar that fills a hole (``observed`` False; its open copies the previous close): the
+trade waits for the next observed open, and a target change seen at a skipped open stays
+``pending`` until then, as in the engine. So a target sequence produces the same equity here
+(float32) as in ``run_backtest`` (float64) given the same ``observed`` flags.
 
 Reward. The portfolio log-return over the step, after fees and slippage:
 ``r_t = log(equity[t + 1] / equity[t])``, ``equity = cash + units * close``; an episode's summed
@@ -69,6 +72,7 @@ class EnvParams:
   open: jax.Array  # [rows] float32
   close: jax.Array  # [rows] float32
   tradable: jax.Array  # [rows] bool: a decision can be made at the row and filled at row + 1
+  observed: jax.Array  # [rows] bool: False where the bar fills a hole (nothing fills at its open)
   starts: jax.Array  # [num_starts] int32: first decision row of a whole valid episode
   episode_length: int = struct.field(pytree_node=False, default=256)
   lookback: int = struct.field(pytree_node=False, default=1)
@@ -114,6 +118,7 @@ class EnvState:
   units: jax.Array
   held: jax.Array  # the last filled target
   target: jax.Array  # the last decided target (a change triggers a trade)
+  pending: jax.Array  # bool: the target changed at a filled bar's open and has not traded yet
   entry_price: jax.Array  # unit-weighted average fill of the open position, 0 when flat
   equity: jax.Array  # marked at the close of ``row``
   episode_return: jax.Array  # summed log-return of this episode so far
@@ -145,12 +150,14 @@ def make_params(features, open_price, close, *, tradable=None, episode_length: i
                 lookback: int = 1, action_mode: str = 'discrete', allow_short: bool = False,
                 fee_rate: float = engine.DEFAULT_FEE_RATE,
                 slippage_bps: float = engine.DEFAULT_SLIPPAGE_BPS,
-                rebalance_threshold: float | None = None, where: str = 'env') -> EnvParams:
+                rebalance_threshold: float | None = None, where: str = 'env',
+                observed=None) -> EnvParams:
   """Validates host arrays ``features [rows, F]``, ``open``/``close [rows]`` and the rules; returns
   :class:`EnvParams` on the device.
 
   ``tradable [rows]`` (default: every row with ``lookback - 1`` rows before it and one after) marks
-  the rows where a decision may be taken; episode starts are derived from it.
+  the rows where a decision may be taken; episode starts are derived from it. ``observed [rows]``
+  (the store's column; default all True) marks the bars whose open can be traded.
   """
   check_action_mode(action_mode, allow_short, where)
   for name, value, minimum in (('episode_length', episode_length, 1), ('lookback', lookback, 1)):
@@ -191,6 +198,10 @@ def make_params(features, open_price, close, *, tradable=None, episode_length: i
         where, f'{bad.size} tradable rows with a non-positive or non-finite open/close at the '
         f'row or the next one (first at row {bad[0]})',
         'mark those rows untradable or fix the prices'))
+  observed = np.ones(rows, bool) if observed is None else np.asarray(observed)
+  if observed.shape != (rows,) or observed.dtype.kind not in 'bi':
+    raise errors.DataError(errors.describe(where, f'observed has shape {observed.shape}, dtype '
+                                           f'{observed.dtype}', f'pass one bool per row ({rows})'))
   starts = episode_starts(tradable, episode_length)
   if starts.size == 0:
     raise errors.DataError(errors.describe(
@@ -200,7 +211,8 @@ def make_params(features, open_price, close, *, tradable=None, episode_length: i
   features = np.where(np.isfinite(features), features, np.float32(0.0))
   return EnvParams(
       features=jnp.asarray(features), open=jnp.asarray(open_price), close=jnp.asarray(close),
-      tradable=jnp.asarray(tradable), starts=jnp.asarray(starts),
+      tradable=jnp.asarray(tradable), observed=jnp.asarray(observed, bool),
+      starts=jnp.asarray(starts),
       episode_length=int(episode_length), lookback=int(lookback), action_mode=action_mode,
       allow_short=bool(allow_short), fee_rate=float(fee_rate), slippage_bps=float(slippage_bps),
       rebalance_threshold=None if rebalance_threshold is None else float(rebalance_threshold))
@@ -211,6 +223,7 @@ def initial_state(row: jax.Array) -> EnvState:
   zero = jnp.zeros((), jnp.float32)
   return EnvState(row=jnp.asarray(row, jnp.int32), time=jnp.zeros((), jnp.int32),
                   cash=jnp.ones((), jnp.float32), units=zero, held=zero, target=zero,
+                  pending=jnp.zeros((), bool),
                   entry_price=zero, equity=jnp.ones((), jnp.float32), episode_return=zero)
 
 
@@ -261,16 +274,19 @@ def transition(state: EnvState, target: jax.Array, params: EnvParams
   """
   next_row = state.row + 1
   threshold = params.rebalance_threshold
+  observed = params.observed[next_row]
+  changed = (target != state.target) | state.pending
   (cash, units, held), (trade, fill, fee) = engine.fill_at_open(
-      (state.cash, state.units, state.held), target, params.open[next_row], target != state.target,
+      (state.cash, state.units, state.held), target, params.open[next_row], changed,
       fee_rate=params.fee_rate, slippage=params.slippage_bps / 10_000,
-      threshold=0.0 if threshold is None else threshold, use_threshold=threshold is not None)
+      threshold=0.0 if threshold is None else threshold, use_threshold=threshold is not None,
+      observed=observed)
   equity = cash + units * params.close[next_row]
   reward = (jnp.log(jnp.maximum(equity, _EQUITY_FLOOR))
             - jnp.log(jnp.maximum(state.equity, _EQUITY_FLOOR)))
   new_state = EnvState(
       row=next_row, time=state.time + 1, cash=cash, units=units, held=held,
-      target=jnp.asarray(target, jnp.float32),
+      target=jnp.asarray(target, jnp.float32), pending=changed & ~observed,
       entry_price=_entry_price(state.units, units, state.entry_price, fill),
       equity=equity, episode_return=state.episode_return + reward)
   return new_state, reward, {'trade': trade, 'fill': fill, 'fee': fee, 'equity': equity}
