@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,9 +10,10 @@ import talib  # a declared test dependency (setup.cfg [test]): never skip the cr
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.data import features
 from quantum_alpha_jax.data import schema
+from tests.conftest import SHARED_DATA
+from tests.conftest import require_shared_data
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 BTC_PARQUET = SHARED_DATA / 'binance-spot-5m' / 'BTC_USDT-5m.parquet'
 WARMUP = features.WARMUP_BARS
 FLAT_START, FLAT_LENGTH = 5 * 288, 60  # Zero-volume filled bars opening the sixth UTC day.
@@ -47,9 +46,7 @@ def synthetic_klines(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
 
 def btc_klines(rows: int = 20_000) -> pd.DataFrame:
   """The first rows of the shared Binance BTC/USDT 5-minute data, as a kline frame."""
-  if not BTC_PARQUET.exists():
-    pytest.skip(f'{BTC_PARQUET} not found')
-  frame = pd.read_parquet(BTC_PARQUET).iloc[:rows]
+  frame = pd.read_parquet(require_shared_data(BTC_PARQUET)).iloc[:rows]
   frame = frame.rename(columns={'date': schema.TIMESTAMP}).drop(columns=['source'])
   frame[schema.OBSERVED] = True
   frame[schema.SEGMENT] = np.int32(0)

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from quantum_alpha_jax.data import schema
+from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.data.features import KNOWN_FUTURE_FEATURES
 from quantum_alpha_jax.data.schema import KNOWN_SYMBOLS
@@ -190,16 +191,71 @@ def predict_batch(task: OracleTask, params: Any, inputs: Mapping[str, jax.Array]
 # Evaluation on a split, beside the naive baselines, and the pictures.
 
 
+# The naive forecasts of the cumulative return, besides the zero return and climatology: their
+# direction is reported on non-overlapping windows, and the best one is chosen on the training split.
+NAIVE_BASELINES = {
+    'always_up': 'always predicts a rise (direction only: it has no size)',
+    'last_return_persistence': "the anchor bar's return, repeated every bar",
+    'momentum': "the encoder window's mean bar return, repeated every bar (trend following)",
+    'reversal': 'minus the momentum forecast (mean reversion over the encoder window)',
+    'train_mean': "the training split's mean target, for every window",
+}
+
+
+def naive_forecasts(encoder_returns: np.ndarray, train_mean: np.ndarray) -> dict[str, np.ndarray]:
+  """The :data:`NAIVE_BASELINES` point forecasts ``[n, H]`` of the cumulative return, from the
+  encoder bars' log-returns ``[n, T]`` (up to and including the anchor) and the training split's
+  mean target ``[H]``. ``always_up`` is a constant +1: use its sign only."""
+  encoder_returns = np.asarray(encoder_returns, np.float64)
+  steps = np.arange(1, len(train_mean) + 1)
+  drift = encoder_returns.mean(-1)[:, None] * steps
+  shape = (len(encoder_returns), len(steps))
+  return {'always_up': np.ones(shape),
+          'last_return_persistence': encoder_returns[:, -1:] * steps,
+          'momentum': drift, 'reversal': -drift,
+          'train_mean': np.broadcast_to(np.asarray(train_mean, np.float64), shape)}
+
+
 def training_baselines(train: SplitData, quantiles: np.ndarray, max_windows: int = 200_000,
-                       seed: int = 0) -> dict[str, np.ndarray]:
+                       seed: int = 0) -> dict[str, Any]:
   """Statistics of the training split's targets: the mean ``[H]`` and empirical quantiles ``[H, Q]``,
-  used as the 'train mean' and 'climatology' forecasts (no validation or test data involved)."""
-  anchors = train.source.anchors
+  used as the 'train mean' and 'climatology' forecasts (no validation or test data involved), and
+  ``selection``: each naive baseline's direction accuracy at the last horizon on non-overlapping
+  training windows and its pinball loss, with the best of each (``best_direction``,
+  ``best_pinball``). Choosing the baseline to beat here keeps the choice free of hindsight."""
+  source = train.source
+  spec = source.spec
+  all_anchors = source.anchors
+  anchors = all_anchors
   if len(anchors) > max_windows:
     anchors = np.sort(np.random.default_rng(seed).choice(anchors, max_windows, replace=False))
-  offsets = train.source.spec.offsets[train.source.spec.encoder_length:]
-  targets = np.cumsum(np.take(train.source.arrays.log_return, anchors[:, None] + offsets), -1)
-  return {'mean': targets.mean(0), 'quantiles': np.quantile(targets, quantiles, axis=0).T}
+  encoder_offsets, offsets = spec.offsets[:spec.encoder_length], spec.offsets[spec.encoder_length:]
+  window_targets = lambda rows: np.cumsum(
+      np.take(source.arrays.log_return, rows[:, None] + offsets).astype(np.float64), -1)
+  targets = window_targets(anchors)
+  statistics = {'mean': targets.mean(0), 'quantiles': np.quantile(targets, quantiles, axis=0).T}
+  window_forecasts = lambda rows: naive_forecasts(
+      np.take(source.arrays.log_return, rows[:, None] + encoder_offsets), statistics['mean'])
+  # Direction: the last horizon on windows at least H bars apart (anchors are sorted row indices,
+  # so every H-th one starts after the previous one's horizon ends): independent outcomes.
+  independent = all_anchors[::len(offsets)][:max_windows]
+  independent_targets = window_targets(independent)[:, -1]
+  direction = {name: forecast.direction_accuracy(independent_targets, point[:, -1])['accuracy']
+               for name, point in window_forecasts(independent).items()}
+  pinball = {name: forecast.pinball_loss(
+      targets, np.repeat(point[..., None], len(quantiles), -1), quantiles)
+             for name, point in window_forecasts(anchors).items() if name != 'always_up'}
+  pinball['climatology'] = forecast.pinball_loss(
+      targets, np.broadcast_to(statistics['quantiles'], targets.shape + (len(quantiles),)),
+      quantiles)
+  best = lambda scores, sign: max((name for name in scores if scores[name] is not None),
+                                  key=lambda name: sign * scores[name])
+  statistics['selection'] = {
+      'split': train.split.name, 'windows': int(len(anchors)),
+      'non_overlapping_windows': int(len(independent)),
+      'direction_accuracy': direction, 'pinball_loss': pinball,
+      'best_direction': best(direction, 1), 'best_pinball': best(pinball, -1)}
+  return statistics
 
 
 def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, directory: Any,
@@ -215,7 +271,7 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
   directory.mkdir(parents=True, exist_ok=True)
   quantile_levels = task.quantiles
   collected = {name: [] for name in ('quantiles', 'p_up', 'targets', 'mask', 'anchor', 'symbol',
-                                     'last_return')}
+                                     'encoder_returns')}
   attention_sum, encoder_weight_sum, decoder_weight_sum, count = 0.0, 0.0, 0.0, 0.0
   interpretable = False
   batches = split.steps_per_epoch
@@ -231,7 +287,7 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
     collected['mask'].append(mask)
     collected['anchor'].append(batch['anchor'])
     collected['symbol'].append(batch['symbol'])
-    collected['last_return'].append(batch['encoder_returns'][:, -1])
+    collected['encoder_returns'].append(batch['encoder_returns'])
     interpretable = 'attention' in outputs
     if interpretable:
       weights = mask[:, None, None]
@@ -250,15 +306,15 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
   data = {name: values[keep] for name, values in data.items()}
   targets, quantiles = data['targets'].astype(np.float64), data['quantiles'].astype(np.float64)
   horizon = targets.shape[1]
-  steps = np.arange(1, horizon + 1)
 
   statistics = training_baselines(train, quantile_levels)
-  point_baselines = {
-      'zero_return': np.zeros_like(targets),
-      'last_return_persistence': data['last_return'][:, None] * steps[None, :],
-      'train_mean': np.broadcast_to(statistics['mean'], targets.shape),
-  }
+  naive = naive_forecasts(data['encoder_returns'], statistics['mean'])
+  # Every naive forecast with a size (always-up has only a direction).
+  point_baselines = {'zero_return': np.zeros_like(targets),
+                     **{name: value for name, value in naive.items() if name != 'always_up'}}
   report = forecast.forecast_report(targets, quantiles, quantile_levels, baselines=point_baselines)
+  for name in point_baselines:
+    report['baselines'][name]['description'] = NAIVE_BASELINES.get(name, 'a zero forecast')
   # A zero forecast makes no call on the direction: report it as undefined, not as 0% accuracy.
   zero = report['baselines']['zero_return']
   zero['direction_accuracy'] = {'accuracy': None, 'low': None, 'high': None, 'count': 0,
@@ -288,9 +344,25 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
               'Wilson interval is honest (the overlapping figures above are not)',
       'oracle': forecast.direction_accuracy(targets[independent, -1:],
                                             quantiles[independent, -1:, median_index]),
-      **{name: forecast.direction_accuracy(targets[independent, -1:],
-                                           np.asarray(point_baselines[name])[independent, -1:])
-         for name in ('last_return_persistence', 'train_mean')}}
+      **{name: forecast.direction_accuracy(targets[independent, -1:], value[independent, -1:])
+         for name, value in naive.items()}}
+  # The naive baseline to beat, chosen on the training split (not here, which would be hindsight).
+  selection = statistics['selection']
+  by_direction, by_pinball = selection['best_direction'], selection['best_pinball']
+  report['best_naive_baseline'] = {
+      'selected_on': selection['split'],
+      'note': f'the naive baseline ({", ".join(NAIVE_BASELINES)}, and climatology for the '
+              f'pinball loss) that scores best on the {selection["split"]} split, so choosing it '
+              'uses no data of this split',
+      'direction': {
+          'name': by_direction,
+          f'{selection["split"]}_accuracy': selection['direction_accuracy'][by_direction],
+          **report['direction_accuracy_non_overlapping'][by_direction]},
+      'pinball': {
+          'name': by_pinball,
+          f'{selection["split"]}_pinball_loss': selection['pinball_loss'][by_pinball],
+          'pinball_loss': report['baselines'][by_pinball]['pinball_loss']},
+      'selection': selection}
   # P(up) as a probabilistic classifier of the sign, per horizon: Brier score and ROC AUC.
   report['probability_up'] = {}
   for h in sorted({1, horizon // 2, horizon}):
@@ -335,7 +407,7 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
   pngs['direction_accuracy'] = str(plots.plot_direction_accuracy(
       report['direction_accuracy_per_horizon'],
       {name: [p['accuracy'] for p in report['baselines'][name]['direction_accuracy_per_horizon']]
-       for name in ('last_return_persistence', 'train_mean')},
+       for name in ('last_return_persistence', 'momentum', 'reversal', 'train_mean')},
       directory / 'direction_accuracy.png'))
   report['plots'] = pngs
   report['windows'] = int(len(targets))
@@ -409,12 +481,19 @@ def format_results(results: Mapping[str, Any], title: str = 'Oracle') -> str:
       number = lambda key: (f'{entry[key]:.5g}' if entry.get(key) is not None else '—').ljust(9)
       lines.append(f'  {name:<25} {number("pinball_loss")} {number("q_risk_p50")}  '
                    f'{number("rmse")} {number("r2")} {interval}')
-    honest = report['direction_accuracy_non_overlapping']['oracle']
-    if honest.get('accuracy') is not None:
-      lines.append(f'  direction at horizon {report["horizon"]} on '
-                   f'{report["direction_accuracy_non_overlapping"]["windows"]} non-overlapping '
-                   f'windows: {honest["accuracy"]:.4f} ({honest["low"]:.4f}–{honest["high"]:.4f}); '
-                   'the intervals above assume independent overlapping windows and are too narrow')
+    honest = report['direction_accuracy_non_overlapping']
+    interval = lambda entry: (f'{entry["accuracy"]:.4f} ({entry["low"]:.4f}–{entry["high"]:.4f})'
+                              if entry.get('accuracy') is not None else '—')
+    lines.append(f'  direction at horizon {report["horizon"]} on {honest["windows"]} '
+                 'non-overlapping windows (the intervals above assume independent overlapping '
+                 'windows and are too narrow):')
+    lines.append('    ' + ', '.join(f'{name} {interval(entry)}' for name, entry in honest.items()
+                                    if isinstance(entry, Mapping) and 'accuracy' in entry))
+    best = report['best_naive_baseline']
+    lines.append(f'  {title} vs the best naive baseline (chosen on {best["selected_on"]}): '
+                 f'direction {interval(honest["oracle"])} vs {best["direction"]["name"]} '
+                 f'{interval(best["direction"])}; pinball {report["pinball_loss"]:.5g} vs '
+                 f'{best["pinball"]["name"]} {best["pinball"]["pinball_loss"]:.5g}')
     lines.append(f'  interval coverage {report["interval"]["coverage"]:.3f} '
                  f'(nominal {report["interval"]["nominal_coverage"]:.2f}); plots: '
                  f'{", ".join(report["plots"].values())}')
@@ -430,16 +509,18 @@ SIGNAL_COLUMNS = ('p_up', 'uncertainty', 'q50')
 
 def bar_signals(task: OracleTask, params: Any, split: SplitData | WindowSource, *,
                 batch_size: int = 1024, progress: bool = True) -> pd.DataFrame:
-  """One row per window anchor of ``split``: ``symbol``, ``timestamp`` (the anchor bar, UTC) and
-  the forecast of the cumulative log-return to the last horizon made at that bar: ``p_up``,
+  """One row per bar of ``split`` whose past window is usable (``windows.signal_source``: whether
+  a bar has a row never depends on later bars): ``symbol``, ``timestamp`` (the bar, UTC) and the
+  forecast of the cumulative log-return to the last horizon made at that bar: ``p_up``,
   ``uncertainty`` (``q_max - q_min``) and ``q50`` (the median). Rows are ordered by symbol, then
   time.
 
-  A row reads the encoder bars up to and including its anchor and the calendar (``hour``,
-  ``day_of_week``, ``is_trading_hour``) of the decoder bars; never a later price or volume.
-  Batches of ``batch_size`` windows run through one jitted forward pass (the last one padded).
+  A row reads the encoder bars up to and including its own and the calendar (``hour``,
+  ``day_of_week``, ``is_trading_hour``) of the coming bars, computed from the clock; never a
+  later row. Batches of ``batch_size`` windows run through one jitted forward pass (the last one
+  padded).
   """
-  source = getattr(split, 'source', split)
+  source = windows.signal_source(split)
   anchors = source.anchors
   size = max(1, min(int(batch_size), len(anchors)))
   median = list(task.model.quantiles).index(0.5)
