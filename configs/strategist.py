@@ -57,9 +57,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       'target_quantile': 0.9,
       'conditioning_quantiles': (0.25, 0.5, 0.75, 0.9, 0.99),  # the realised-vs-target curve
       'curve_max_bars': 0,  # 0: the whole split for the curve too; else each symbol's first bars
-      'chunk_episodes': 64,  # consecutive episodes per parallel rollout item (5,760 bars)
       'batch_size': 64,  # rollout items per jitted batch
-      'imitation_max_episodes': 0,  # 0: every non-overlapping oracle episode of the split
+      # The teacher-forced imitation score (diagnostic only: it is fed hindsight) on at most this
+      # many non-overlapping oracle episodes; 0: all of them.
+      'imitation_max_episodes': 0,
   })
   if arg == 'quick':
     config.model.update(context_length=24, hidden_size=32, num_layers=2, num_heads=2,
@@ -68,7 +69,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.train.update(batch_size=64, num_steps=300, eval_every_steps=100, log_every_steps=25,
                         max_eval_batches=10, patience=0, accumulation_steps=1)
     config.train.optimizer.update(learning_rate=3e-3, warmup_steps=30, clip_norm=1.0)
-    config.evaluation.chunk_episodes = 16
   elif arg == 'real':
     # ~0.6 M training bars (2019-2022); at stride 8 about 75 k episodes, ~590 steps per epoch at
     # batch 128. A 2-core CPU trains ~5 sequences/s at this size, so bound the run with

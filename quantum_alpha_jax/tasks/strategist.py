@@ -7,25 +7,36 @@ token. The loss per episode is the mean over its steps of the action cross-entro
 position (buy; sell too with shorts), ``Σ_t m_t (σ̂_t - σ_t)² / K``; the batch loss is the mean over
 real episodes (``batch['mask']``), so the shared eval step's means are exact.
 
-Rollout (evaluation and :func:`bar_signals`). The bars of a split are cut into runs of
-consecutive bars, each run into chunks of ``evaluation.chunk_episodes`` episodes of K bars. All
-chunks (times all conditioning targets) run in parallel: one ``jax.jit`` of a ``lax.scan`` over the
-episodes of a chunk around a ``lax.scan`` over the K steps of an episode, batched over chunks. In a
-chunk the position carries over from one episode to the next (the model was trained on episodes
-that start from a held position); each episode restarts the return token at the target and the
-timestep at 0, with a fresh key/value cache. At step t (the close of bar t):
+Rollout (evaluation and :func:`bar_signals`): free-running, conditioned only on a target return.
+Each symbol's usable bars of a split are one sequential pass (symbols and conditioning targets run
+in parallel: one ``jax.jit`` of a ``lax.scan`` over episodes around a ``lax.scan`` over the K steps
+of an episode). The account (cash, units, the held position) carries over from one episode to the
+next, as the backtest engine holds it: the model was trained on episodes that start from a held
+position. Each episode restarts the return token at the target and the timestep at 0, with a fresh
+key/value cache; each run of consecutive usable bars starts a new episode. At step t (the close of
+bar t):
 
 1. the environment fills the previous target ``p_{t-1}`` at bar t's open with the backtest engine's
    fee and fill rule (:func:`backtest.engine.fill_at_open`), marks equity ``E_t`` at the close and
    pays ``ρ_{t-1} = reward_scale · log(E_t / E_{t-1})``;
 2. the return token becomes ``(R̂_{t-1} - rtg_scale · ρ_{t-1}) / γ`` (``rtg_scale`` times the target
    return at the episode's first step), the return still to be earned;
-3. the model decodes ``(a_{t-1}, R̂_t, s_t)`` with its cache and acts greedily: ``a_t = argmax``,
-   size ``σ_t`` from the size head, ``p_t = next_position(p_{t-1}, a_t, σ_t)``; the action is made
-   canonical (hold when the position does not change) as in the training data.
+3. the model decodes ``(a_{t-1}, R̂_t, s_t)`` with its cache, ``s_t`` holding ``p_{t-1}``, the
+   position the engine holds since bar t's open, and acts greedily: ``a_t = argmax``, size ``σ_t``
+   from the size head, ``p_t = next_position(p_{t-1}, a_t, σ_t)``; the action is made canonical
+   (hold when the position does not change) as in the training data.
 
-Step t reads bars <= t only; a chunk's first bar starts flat. The resulting ``p_t`` series is
-backtested per symbol with ``backtest.engine.run_backtest`` (fee 0.1%, next-open fills).
+Step t reads bars <= t only. Bars that are not usable get no signal, and the backtest holds them
+flat (``backtest_positions`` puts the targets on the symbol's full bar grid, flat where there is
+no signal); so after such bars the rollout starts flat again, and a run that directly follows the
+previous one (a time jump with no bar between) carries the position on. The position fed to the
+model at every bar therefore equals the position the engine holds there (tests/test_strategist.py).
+
+Imitation (:func:`imitation`) is scored on this free-running rollout: each of its actions against
+the exact hindsight oracle's action from the position the rollout actually holds (balanced
+accuracy), beside always-hold, repeating its own previous action and the causal trend rule. The teacher-forced score
+(:func:`teacher_forced_imitation`: fed the realised return-to-go and the oracle's own past
+actions and positions) uses hindsight and is reported as a diagnostic only.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ from quantum_alpha_jax.evaluate import regime as classification
 from quantum_alpha_jax.models import decision_transformer as dt
 from quantum_alpha_jax.progress import Progress
 
-SIGNAL_COLUMNS = ('action', 'size', 'target_position')
+SIGNAL_COLUMNS = ('action', 'size', 'held_position', 'target_position')
 _OPEN = FEATURES.index('open')
 
 
@@ -70,7 +81,6 @@ class StrategistTask:
   model: dt.DecisionTransformer
   spec: trajectories.TrajectorySpec
   size_loss_weight: float = 1.0
-  chunk_episodes: int = 64
   normalizer: windows.Normalizer | None = None
   target_return: float | None = None
 
@@ -97,9 +107,6 @@ class StrategistTask:
                                    'use a rate in [0, 1)'))
     if config.size_loss_weight < 0:
       raise ConfigError(describe('config.size_loss_weight', f'{config.size_loss_weight} < 0'))
-    if config.evaluation.chunk_episodes < 1:
-      raise ConfigError(describe('config.evaluation.chunk_episodes',
-                                 f'{config.evaluation.chunk_episodes} < 1', 'use e.g. 64'))
     spec = trajectories.TrajectorySpec.from_config(config.trajectories, context)
     model = dt.DecisionTransformer(
         state_size=trajectories.STATE_SIZE, max_timestep=context, context_length=context,
@@ -108,8 +115,7 @@ class StrategistTask:
         attention_dropout_rate=model_config.attention_dropout_rate,
         num_actions=len(trajectories.ACTIONS))
     return cls(model=model, spec=spec, size_loss_weight=float(config.size_loss_weight),
-               chunk_episodes=int(config.evaluation.chunk_episodes), normalizer=normalizer,
-               target_return=target_return)
+               normalizer=normalizer, target_return=target_return)
 
   def init_params(self, rng: jax.Array, batch: Mapping[str, np.ndarray]) -> Any:
     init = jax.jit(lambda key, *inputs: self.model.init(key, *inputs)['params'])
@@ -176,31 +182,38 @@ def example_batch(task: StrategistTask, size: int = 1) -> dict[str, np.ndarray]:
 
 
 def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_price: jax.Array,
-                  close: jax.Array, first_token: jax.Array) -> dict[str, jax.Array]:
-  """``features [B, N, K, 44]`` (normalised), ``open_price, close [B, N, K]`` of N consecutive
-  episodes per item, ``first_token [B]``; returns per bar ``action`` (canonical), ``size``,
-  ``position`` (after the decision), ``return_token`` and ``reward`` (of the previous decision)."""
+                  close: jax.Array, valid: jax.Array, flat_start: jax.Array,
+                  first_token: jax.Array) -> dict[str, jax.Array]:
+  """``features [B, N, K, 44]`` (normalised), ``open_price, close, valid [B, N, K]`` of N
+  consecutive episodes per item (``valid`` False on padding, which changes nothing), ``flat_start
+  [B, N]`` (the episode starts flat instead of carrying the account on) and ``first_token [B]``.
+  Returns per bar ``action`` (canonical), ``size``, ``held`` (the position fed to the model, held
+  since this bar's open), ``position`` (after the decision), ``return_token`` and ``reward``."""
   model, spec = task.model, task.spec
   batch = features.shape[0]
   dtype = jnp.float32
   fee_rate, slippage = spec.fee_rate, spec.slippage_bps / 10_000
-  zeros = jnp.zeros((batch,), dtype)
+  zeros, ones = jnp.zeros((batch,), dtype), jnp.ones((batch,), dtype)
+  # (cash, units, engine's held target, equity at the last close, position, the target before it)
+  flat = (ones, zeros, zeros, ones, zeros, zeros)
 
   def step(carry, inputs):
-    (cache, cash, units, held, equity, position, before, token, action, size) = carry
-    timestep, bar_features, bar_open, bar_close = inputs
-    # 1. Fill p_{t-1} at this bar's open (a chunk's first bar has p = 0: no trade), mark the close.
+    cache, account, token, action, size = carry
+    timestep, bar_features, bar_open, bar_close, bar_valid = inputs
+    cash, units, held, equity, position, before = account
+    # 1. Fill p_{t-1} at this bar's open (the engine's rule: trade when the target changed), mark
+    #    the close.
     (cash, units, held), _ = engine.fill_at_open(
         (cash, units, held), position, bar_open, position != before, fee_rate=fee_rate,
         slippage=slippage)
     marked = cash + units * bar_close
     reward = spec.reward_scale * jnp.log(jnp.maximum(marked, 1e-12) / jnp.maximum(equity, 1e-12))
     # 2. The return still to be earned (restarted at each episode's first step).
-    token = jnp.where(timestep == 0, first_token,
-                      (token - spec.rtg_scale * reward) / spec.discount)
-    # 3. Decide from (a_{t-1}, R_t, s_t).
+    new_token = jnp.where(timestep == 0, first_token,
+                          (token - spec.rtg_scale * reward) / spec.discount)
+    # 3. Decide from (a_{t-1}, R_t, s_t), s_t holding the position held since this bar's open.
     state = jnp.concatenate([bar_features, position[:, None]], axis=-1)
-    heads, cache = model.apply({'params': params}, cache, timestep, token, state, action, size,
+    heads, cache = model.apply({'params': params}, cache, timestep, new_token, state, action, size,
                                method=model.decode)
     chosen = jnp.argmax(heads['action_logits'], -1).astype(jnp.int32)
     new_size = heads['size']
@@ -208,24 +221,25 @@ def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_p
     chosen = jnp.where(new_position == position, trajectories.HOLD, chosen)
     sized = (chosen == trajectories.BUY) | ((chosen == trajectories.SELL) & spec.allow_short)
     token_size = jnp.where(sized, jnp.abs(new_position), 0.0)
-    carry = (cache, cash, units, held, marked, new_position, position, token, chosen, token_size)
-    return carry, {'action': chosen, 'size': new_size, 'position': new_position,
-                   'return_token': token, 'reward': reward}
+    new = ((cash, units, held, marked, new_position, position), new_token, chosen, token_size)
+    # Padding leaves the account, the return token and the previous action unchanged.
+    account, token, action, size = jax.tree.map(lambda n, o: jnp.where(bar_valid, n, o), new,
+                                                (account, token, action, size))
+    return (cache, account, token, action, size), {
+        'action': chosen, 'size': new_size, 'held': position, 'position': new_position,
+        'return_token': new_token, 'reward': reward}
 
-  def episode(carry, inputs):
-    cash, units, held, equity, position, before = carry
-    cache = dt.initial_cache(model, batch, dtype)
-    inner = (cache, cash, units, held, equity, position, before, zeros,
+  def episode(account, inputs):
+    *bars, restart = inputs
+    account = jax.tree.map(lambda f, a: jnp.where(restart, f, a), flat, account)
+    inner = (dt.initial_cache(model, batch, dtype), account, zeros,
              jnp.zeros((batch,), jnp.int32), zeros)
     steps = jnp.arange(model.context_length)
-    inner, outputs = jax.lax.scan(
-        step, inner, (steps, *(jnp.swapaxes(x, 0, 1) for x in inputs)))
-    _, cash, units, held, equity, position, before, *_ = inner
-    return (cash, units, held, equity, position, before), outputs
+    inner, outputs = jax.lax.scan(step, inner, (steps, *(jnp.swapaxes(x, 0, 1) for x in bars)))
+    return inner[1], outputs
 
-  carry = (jnp.ones((batch,), dtype), zeros, zeros, jnp.ones((batch,), dtype), zeros, zeros)
-  _, outputs = jax.lax.scan(episode, carry,
-                            tuple(jnp.swapaxes(x, 0, 1) for x in (features, open_price, close)))
+  inputs = tuple(jnp.swapaxes(x, 0, 1) for x in (features, open_price, close, valid, flat_start))
+  _, outputs = jax.lax.scan(episode, flat, inputs)
   # outputs: [N, K, B] → [B, N, K]
   return jax.tree.map(lambda x: jnp.moveaxis(x, -1, 0), outputs)
 
@@ -233,42 +247,54 @@ def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_p
 @dataclasses.dataclass
 class Rollout:
   """Per-bar results of :func:`rollout` for bars ``rows [bars]`` and targets ``[targets]``:
-  ``action``, ``size``, ``position``, ``return_token``, ``reward`` ``[targets, bars]``, the
-  ``episode`` id of each bar (unique over chunks), its ``timestep`` within the episode and
-  ``chunk_start`` (True on a chunk's first bar, where the rollout starts flat)."""
+  ``action``, ``size``, ``held`` (the position fed to the model: what the engine holds since the
+  bar's open), ``position`` (after the decision), ``return_token``, ``reward`` ``[targets,
+  bars]``; the ``episode`` id of each bar, its ``timestep`` within the episode, and ``flat_start``
+  (True where the rollout starts flat: a symbol's first bar and the first bar after bars with no
+  signal, which the backtest holds flat)."""
 
   rows: np.ndarray
   targets: np.ndarray
   action: np.ndarray
   size: np.ndarray
+  held: np.ndarray
   position: np.ndarray
   return_token: np.ndarray
   reward: np.ndarray
   episode: np.ndarray
   timestep: np.ndarray
-  chunk_start: np.ndarray
+  flat_start: np.ndarray
   seconds: float
 
 
-def _chunks(arrays: windows.WindowArrays, rows: np.ndarray, chunk_bars: int
-            ) -> list[np.ndarray]:
-  """Rows cut into runs of consecutive bars, each run into chunks of at most ``chunk_bars``."""
-  chunks = []
+def _sequences(arrays: windows.WindowArrays, rows: np.ndarray, length: int
+               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """One sequence per symbol: ``(bars [N * K], valid [N * K], flat_start [N])``. Each run of
+  consecutive usable bars starts a new episode and is padded to whole episodes; it starts flat
+  unless it directly follows the previous run's last bar (a segment break with no bar between)."""
+  sequences = {}
   for run in trajectories.rows_to_runs(arrays, rows):
-    chunks += [run[i:i + chunk_bars] for i in range(0, len(run), chunk_bars)]
-  return chunks
+    parts = sequences.setdefault(int(arrays.symbol[run[0]]), [])
+    episodes = math.ceil(len(run) / length)
+    bars = np.full(episodes * length, run[-1], np.int64)
+    bars[:len(run)] = run
+    restart = np.zeros(episodes, bool)
+    restart[0] = not parts or run[0] != parts[-1][3] + 1
+    parts.append((bars, np.arange(episodes * length) < len(run), restart, run[-1]))
+  return [tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+          for _, parts in sorted(sequences.items())]
 
 
 def rollout(task: StrategistTask, params: Any, arrays: windows.WindowArrays, rows: np.ndarray,
             target_returns: Sequence[float], *, batch_size: int = 64, max_bars_per_symbol: int = 0,
             progress: bool = True) -> Rollout:
   """Rolls the policy out over the bars ``rows`` (sorted rows of ``arrays``) once per target
-  return (unscaled), all chunks and targets in parallel batches of ``batch_size`` (module doc).
-  ``max_bars_per_symbol > 0`` keeps only each symbol's first bars."""
+  return (unscaled): one sequential pass per symbol, symbols and targets in parallel batches of
+  ``batch_size`` (module doc). ``max_bars_per_symbol > 0`` keeps only each symbol's first bars."""
   if task.normalizer is None:
     raise ConfigError(describe('strategist rollout', 'the task has no state normaliser',
                                'build the task with strategist.load(workdir) or run()'))
-  rows = np.asarray(rows, np.int64)
+  rows = np.unique(np.asarray(rows, np.int64))
   if max_bars_per_symbol > 0:
     symbol = np.asarray(arrays.symbol)[rows]
     rows = np.concatenate([rows[symbol == s][:max_bars_per_symbol] for s in np.unique(symbol)])
@@ -276,85 +302,94 @@ def rollout(task: StrategistTask, params: Any, arrays: windows.WindowArrays, row
     raise ConfigError(describe('strategist rollout', 'no bars to roll out over',
                                'pass a split with usable bars'))
   length = task.model.context_length
-  chunk_bars = task.chunk_episodes * length
-  chunks = _chunks(arrays, rows, chunk_bars)
-  episodes = max(math.ceil(len(chunk) / length) for chunk in chunks)
-  padded_bars = episodes * length
+  sequences = _sequences(arrays, rows, length)
+  episodes = max(len(restart) for _, _, restart in sequences)
   targets = np.asarray(target_returns, np.float64).reshape(-1)
-  items = [(c, t) for t in range(len(targets)) for c in range(len(chunks))]
+  items = [(s, t) for t in range(len(targets)) for s in range(len(sequences))]
   size = max(1, min(int(batch_size), len(items)))
-  open_column = arrays.features[:, _OPEN]
-  names = ('action', 'size', 'position', 'return_token', 'reward')
+  open_column, close_column = arrays.features[:, _OPEN], np.asarray(arrays.close)
+  names = ('action', 'size', 'held', 'position', 'return_token', 'reward')
   collected = {name: np.zeros((len(targets), rows.size), np.float32) for name in names}
-  order = np.argsort(rows)
-  chunk_offsets = np.cumsum([0] + [len(c) for c in chunks])
-  index_in_rows = order[np.searchsorted(rows[order], np.concatenate(chunks))]
   bar = Progress(math.ceil(len(items) / size), 'strategist rollout', unit='batches') \
       if progress else None
   started = time.perf_counter()
   pending = []
   for begin in range(0, len(items), size):
     part = items[begin:begin + size]
-    # Padding repeats an item's last bar (no price move, so no trade or reward after it).
-    filled = np.full((size, padded_bars), rows[0], np.int64)
+    # Item padding repeats the first row and is marked invalid (no decision, no trade).
+    filled = np.full((size, episodes * length), rows[0], np.int64)
+    valid = np.zeros((size, episodes * length), bool)
+    restart = np.zeros((size, episodes), bool)
     tokens = np.zeros(size, np.float32)
-    for slot, (chunk, target) in enumerate(part):
-      filled[slot, :len(chunks[chunk])] = chunks[chunk]
-      filled[slot, len(chunks[chunk]):] = chunks[chunk][-1]
+    for slot, (sequence, target) in enumerate(part):
+      bars, bar_valid, flat_start = sequences[sequence]
+      filled[slot, :len(bars)], valid[slot, :len(bars)] = bars, bar_valid
+      restart[slot, :len(flat_start)] = flat_start
       tokens[slot] = task.conditioning_token(targets[target])
     features = trajectories.normalized_features(arrays, task.normalizer, filled)
     shape = (size, episodes, length)
-    outputs = task.rollout_function(params, jnp.asarray(features.reshape(shape + (len(FEATURES),))),
-                       jnp.asarray(open_column[filled].reshape(shape), jnp.float32),
-                       jnp.asarray(np.asarray(arrays.close)[filled].reshape(shape), jnp.float32),
-                       jnp.asarray(tokens))
+    outputs = task.rollout_function(
+        params, jnp.asarray(features.reshape(shape + (len(FEATURES),))),
+        jnp.asarray(open_column[filled].reshape(shape), jnp.float32),
+        jnp.asarray(close_column[filled].reshape(shape), jnp.float32),
+        jnp.asarray(valid.reshape(shape)), jnp.asarray(restart), jnp.asarray(tokens))
     pending.append((part, outputs))
     if bar:
       bar.update(1)
   for part, outputs in pending:
     outputs = jax.device_get(outputs)
-    for slot, (chunk, target) in enumerate(part):
-      count = len(chunks[chunk])
-      where = index_in_rows[chunk_offsets[chunk]:chunk_offsets[chunk] + count]
+    for slot, (sequence, target) in enumerate(part):
+      bars, bar_valid, _ = sequences[sequence]
+      where = np.searchsorted(rows, bars[bar_valid])
       for name in names:
-        collected[name][target, where] = outputs[name][slot].reshape(-1)[:count]
+        collected[name][target, where] = outputs[name][slot].reshape(-1)[:len(bars)][bar_valid]
   seconds = time.perf_counter() - started
   if bar:
     bar.close()
   episode = np.zeros(rows.size, np.int64)
   timestep = np.zeros(rows.size, np.int64)
-  chunk_start = np.zeros(rows.size, bool)
-  for number, chunk in enumerate(chunks):
-    where = index_in_rows[chunk_offsets[number]:chunk_offsets[number] + len(chunk)]
-    local = np.arange(len(chunk))
-    episode[where] = number * episodes + local // length
-    timestep[where] = local % length
-    chunk_start[where[0]] = True
+  flat_start = np.zeros(rows.size, bool)
+  for number, (bars, bar_valid, restart) in enumerate(sequences):
+    where = np.searchsorted(rows, bars[bar_valid])
+    slots = np.flatnonzero(bar_valid)
+    episode[where] = number * episodes + slots // length
+    timestep[where] = slots % length
+    flat_start[where[slots % length == 0]] = restart[slots[slots % length == 0] // length]
   return Rollout(rows=rows, targets=targets, action=collected['action'].astype(np.int32),
-                 size=collected['size'], position=collected['position'],
+                 size=collected['size'], held=collected['held'], position=collected['position'],
                  return_token=collected['return_token'], reward=collected['reward'],
-                 episode=episode, timestep=timestep, chunk_start=chunk_start, seconds=seconds)
+                 episode=episode, timestep=timestep, flat_start=flat_start, seconds=seconds)
 
 
 def _split_rows(split: Any) -> tuple[windows.WindowArrays, np.ndarray, str]:
-  """(arrays, sorted bars, name) of a SplitData or source: a trajectory source's ``rows``, else
-  the window anchors (the bar each window was cut at)."""
+  """(arrays, sorted usable bars, name) of a SplitData or source: a trajectory source's ``rows``,
+  else the anchors of a one-bar window source (each bar usable on its own, whatever follows)."""
   source = getattr(split, 'source', split)
   rows = getattr(source, 'rows', None)
-  rows = np.unique(np.asarray(source.anchors if rows is None else rows, np.int64))
-  return source.arrays, rows, getattr(source, 'name', '')
+  if rows is None:
+    spec = source.spec
+    if (spec.encoder_length, spec.decoder_length) != (1, 0):
+      raise ConfigError(describe(
+          f'strategist signals on {getattr(source, "name", "")!r}',
+          f'a window source of {spec.encoder_length} past and {spec.decoder_length} future bars '
+          '(its anchors depend on bars the Strategist does not read)',
+          'pass the Strategist\'s SplitData, or a source of windows.WindowSpec(1, 0) anchors'))
+    rows = source.anchors
+  return source.arrays, np.unique(np.asarray(rows, np.int64)), getattr(source, 'name', '')
 
 
 def bar_signals(task: StrategistTask, params: Any, split: Any, *, batch_size: int = 64,
                 progress: bool = True, target_return: float | None = None) -> pd.DataFrame:
-  """One row per bar of ``split`` (a SplitData or source; its usable bars, or its window anchors):
-  ``symbol``, ``timestamp`` (the bar, UTC) and the conditioned rollout's decision at that bar's
-  close: ``action`` (0 hold, 1 buy, 2 sell; canonical: hold when the position is unchanged),
-  ``size`` (the size head, in [0, 1]) and ``target_position`` (the position held after the
-  decision, filled at the next bar's open). Rows are ordered by symbol, then time.
+  """One row per usable bar of ``split`` (a SplitData or a one-bar source): ``symbol``,
+  ``timestamp`` (the bar, UTC) and the conditioned rollout's decision at that bar's close:
+  ``action`` (0 hold, 1 buy, 2 sell; canonical: hold when the position is unchanged), ``size``
+  (the size head, in [0, 1]), ``held_position`` (the position the model was fed: the one held since
+  the bar's open) and ``target_position`` (after the decision, filled at the next bar's open).
+  Rows are ordered by symbol, then time.
 
-  Each row uses bars up to and including its own (module docstring). The rollout is jitted and
-  batched over chunks of the split; ``target_return`` defaults to ``task.target_return``.
+  Causal: a row depends on its own and earlier bars and on which earlier bars were usable; bars
+  with no row are to be held flat (module docstring). ``target_return`` defaults to
+  ``task.target_return``.
   """
   target = task.target_return if target_return is None else target_return
   if target is None:
@@ -369,6 +404,7 @@ def bar_signals(task: StrategistTask, params: Any, split: Any, *, batch_size: in
       'timestamp': schema.to_timestamps(np.take(arrays.timestamp, rows)),
       'action': result.action[0].astype(np.int8),
       'size': result.size[0],
+      'held_position': result.held[0],
       'target_position': result.position[0],
   })
 
@@ -377,11 +413,68 @@ def bar_signals(task: StrategistTask, params: Any, split: Any, *, batch_size: in
 # Evaluation: imitation of the hindsight oracle, backtests, conditioning curve.
 
 
-def imitation(task: StrategistTask, params: Any, arrays: windows.WindowArrays, rows: np.ndarray,
-              *, batch_size: int = 64, max_episodes: int = 0, seed: int = 0) -> dict[str, Any]:
-  """Teacher-forced action accuracy against the exact hindsight oracle on non-overlapping
-  episodes of ``rows`` (its own return tokens, states and past actions), beside a uniformly random
-  policy and always-hold. Returns JSON-ready classification metrics."""
+def _flat_runs(result: Rollout) -> list[np.ndarray]:
+  """Index ranges into ``result.rows`` between the bars where the rollout starts flat."""
+  return np.split(np.arange(result.rows.size), np.flatnonzero(result.flat_start)[1:])
+
+
+def oracle_labels(task: StrategistTask, arrays: windows.WindowArrays, bars: np.ndarray,
+                  held: np.ndarray) -> np.ndarray:
+  """The exact hindsight oracle's canonical actions ``[bars]`` on consecutive ``bars`` from the
+  positions actually ``held [bars]`` before each decision: hold when it would keep that level
+  (flat, long or short), buy when it would go long, sell otherwise. It trades each bar's next
+  log-return (0 after the last bar) at the spec's cost."""
+  close = np.log(np.asarray(arrays.close, np.float64)[bars])
+  gains = np.zeros(bars.size)
+  gains[:-1] = np.diff(close)
+  levels, choice = trajectories.hindsight_policy(gains[None], task.spec.cost,
+                                                 task.spec.allow_short)
+  level = np.sign(np.asarray(held, np.float64))
+  wanted = levels[choice[0, np.arange(bars.size), np.searchsorted(levels, level)]]
+  return np.where(wanted == level, trajectories.HOLD,
+                  np.where(wanted > 0, trajectories.BUY, trajectories.SELL)).astype(np.int32)
+
+
+def imitation(task: StrategistTask, arrays: windows.WindowArrays, result: Rollout,
+              index: int = 0) -> dict[str, Any]:
+  """Free-running agreement with the exact hindsight oracle (JSON-ready; balanced accuracy =
+  macro recall over hold/buy/sell). The rollout at target ``index`` acts from its own past actions
+  and the positions it holds, with no realised future; each of its actions is scored against the
+  oracle's action from the same held position (:func:`oracle_labels`, what DAgger would label).
+  Beside it: always-hold, repeating the rollout's own previous action, and the causal trend rule
+  (run free from flat, scored against the oracle's actions from its own positions)."""
+  true = np.zeros(result.rows.size, np.int32)
+  previous = np.zeros_like(true)
+  trend_true, trend = np.zeros_like(true), np.zeros_like(true)
+  for where in _flat_runs(result):
+    bars = result.rows[where]
+    true[where] = oracle_labels(task, arrays, bars, result.held[index, where])
+    previous[where[1:]] = result.action[index, where[:-1]]
+    levels = trajectories.heuristic_positions('trend', arrays.features[bars],
+                                              task.spec.allow_short)
+    trend_true[where] = oracle_labels(task, arrays, bars, np.r_[0.0, levels[:-1]])
+    trend[where] = trajectories.actions_from_positions(levels)[0]
+  scored = (('strategist', true, result.action[index]), ('always_hold', true, np.zeros_like(true)),
+            ('repeat_previous_action', true, previous), ('trend', trend_true, trend))
+  report = {name: classification.classification_metrics(labels, values, trajectories.ACTIONS)
+            for name, labels, values in scored}
+  for entry in report.values():
+    entry['balanced_accuracy'] = entry['recall_macro']
+  report['bars'] = int(true.size)
+  report['target_return'] = float(result.targets[index])
+  report['note'] = ('free-running rollout (its own past actions and held positions, conditioned on '
+                    'the target return) scored against the exact hindsight oracle\'s action from '
+                    'the position it holds; repeat_previous_action repeats the rollout\'s own last '
+                    'action; trend is scored on its own free run')
+  return report
+
+
+def teacher_forced_imitation(task: StrategistTask, params: Any, arrays: windows.WindowArrays,
+                             rows: np.ndarray, *, batch_size: int = 64, max_episodes: int = 0,
+                             seed: int = 0) -> dict[str, Any]:
+  """DIAGNOSTIC ONLY (uses hindsight): teacher-forced action accuracy against the exact hindsight
+  oracle on non-overlapping episodes of ``rows``, fed the oracle's realised return-to-go and its
+  own past actions and positions; beside always-hold. JSON-ready."""
   spec = dataclasses.replace(task.spec, policies=('oracle',), policy_weights=(1.0,),
                              oracle_noise=(0.0,))
   starts = trajectories.episode_starts(arrays, rows, spec.episode_length, spec.episode_length)
@@ -403,37 +496,50 @@ def imitation(task: StrategistTask, params: Any, arrays: windows.WindowArrays, r
     predicted.append(np.asarray(task.predict_actions(params, inputs))[:len(chunk)].reshape(-1))
     true.append(batch['actions'][:len(chunk)].reshape(-1))
   true, predicted = np.concatenate(true), np.concatenate(predicted)
-  random = np.random.default_rng(seed).integers(0, len(trajectories.ACTIONS), true.size)
   report = {name: classification.classification_metrics(true, values, trajectories.ACTIONS)
-            for name, values in (('strategist', predicted), ('random', random),
-                                 ('always_hold', np.zeros_like(true)))}
+            for name, values in (('strategist', predicted), ('always_hold', np.zeros_like(true)))}
   for entry in report.values():
     entry['balanced_accuracy'] = entry['recall_macro']
   report['episodes'] = int(len(source))
-  report['note'] = ('teacher-forced: the exact hindsight oracle\'s episodes (its return-to-go, '
-                    'states and past actions) on held-out bars; balanced accuracy = macro recall')
+  report['label'] = TEACHER_FORCED_LABEL
   return report
 
 
-def _symbol_series(arrays: windows.WindowArrays, rows: np.ndarray
-                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """``{symbol: (positions into rows, the symbol's rows)}`` in time order."""
+TEACHER_FORCED_LABEL = 'diagnostic only (teacher-forced, uses hindsight)'
+
+
+def _symbol_grids(arrays: windows.WindowArrays, rows: np.ndarray
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Per symbol, in time order: ``(positions into rows, every bar from the symbol's first to its
+  last row (the backtest's grid), where each of those rows lies in the grid)``."""
   symbol = np.asarray(arrays.symbol)[rows]
-  return {arrays.symbols[s]: (np.flatnonzero(symbol == s), rows[symbol == s])
-          for s in np.unique(symbol)}
+  out = {}
+  for s in np.unique(symbol):
+    where = np.flatnonzero(symbol == s)
+    grid = np.arange(rows[where[0]], rows[where[-1]] + 1)
+    out[arrays.symbols[s]] = (where, grid, rows[where] - grid[0])
+  return out
+
+
+def _run_on_grid(task: StrategistTask, arrays: windows.WindowArrays, grid: np.ndarray,
+                 targets: np.ndarray) -> engine.BacktestResult:
+  return engine.run_backtest(
+      targets, np.asarray(arrays.features[grid, _OPEN], np.float64),
+      np.asarray(arrays.close)[grid], np.asarray(arrays.timestamp)[grid],
+      fee_rate=task.spec.fee_rate, slippage_bps=task.spec.slippage_bps,
+      allow_short=task.spec.allow_short)
 
 
 def backtest_positions(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
                        positions: np.ndarray) -> dict[str, engine.BacktestResult]:
-  """Per symbol, ``run_backtest`` of target ``positions [bars]`` aligned with ``rows``."""
+  """Per symbol, ``run_backtest`` of target ``positions [bars]`` aligned with ``rows``, on every
+  bar from the symbol's first to its last row: a bar with no position (not usable) is flat."""
   results = {}
-  for name, (where, symbol_rows) in _symbol_series(arrays, rows).items():
-    results[name] = engine.run_backtest(
-        np.clip(positions[where], -1.0 if task.spec.allow_short else 0.0, 1.0),
-        np.asarray(arrays.features[symbol_rows, _OPEN], np.float64),
-        np.asarray(arrays.close)[symbol_rows], np.asarray(arrays.timestamp)[symbol_rows],
-        fee_rate=task.spec.fee_rate, slippage_bps=task.spec.slippage_bps,
-        allow_short=task.spec.allow_short)
+  lowest = -1.0 if task.spec.allow_short else 0.0
+  for name, (where, grid, slots) in _symbol_grids(arrays, rows).items():
+    targets = np.zeros(grid.size)
+    targets[slots] = np.clip(positions[where], lowest, 1.0)
+    results[name] = _run_on_grid(task, arrays, grid, targets)
   return results
 
 
@@ -447,19 +553,16 @@ def _stats(result_stats: Mapping[str, Any]) -> dict[str, Any]:
 
 def heuristic_backtests(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
                         seed: int = 0) -> dict[str, dict[str, Any]]:
-  """The causal behaviour heuristics (size 1, from flat) over the whole split, per symbol."""
+  """The causal behaviour heuristics (size 1, from flat) over the whole split, per symbol, on the
+  same grid as :func:`backtest_positions` (flat on bars that are not usable)."""
   out = {}
   for name in trajectories.HEURISTICS:
     per_symbol = {}
-    for symbol, (_, symbol_rows) in _symbol_series(arrays, rows).items():
-      positions = trajectories.heuristic_positions(
-          name, arrays.features[symbol_rows], task.spec.allow_short, seed=seed)
-      result = engine.run_backtest(
-          positions, np.asarray(arrays.features[symbol_rows, _OPEN], np.float64),
-          np.asarray(arrays.close)[symbol_rows], np.asarray(arrays.timestamp)[symbol_rows],
-          fee_rate=task.spec.fee_rate, slippage_bps=task.spec.slippage_bps,
-          allow_short=task.spec.allow_short)
-      per_symbol[symbol] = _stats(result.stats)
+    for symbol, (where, grid, slots) in _symbol_grids(arrays, rows).items():
+      targets = np.zeros(grid.size)
+      targets[slots] = trajectories.heuristic_positions(
+          name, arrays.features[rows[where]], task.spec.allow_short, seed=seed)
+      per_symbol[symbol] = _stats(_run_on_grid(task, arrays, grid, targets).stats)
     out[name] = per_symbol
   return out
 
@@ -476,11 +579,11 @@ def conditioning_curve(task: StrategistTask, result: Rollout, arrays: windows.Wi
   spec = task.spec
   curve = []
   # The reward of a bar's decision is paid at the next bar (also across an episode boundary, where
-  # the position carries on); the last decision of a chunk is never paid.
+  # the position carries on); the last decision before a flat start is never paid.
   for index, target in enumerate(result.targets):
     reward = np.full(result.reward[index].shape, np.nan)
     reward[:-1] = result.reward[index, 1:]
-    reward[:-1][result.chunk_start[1:]] = np.nan
+    reward[:-1][result.flat_start[1:]] = np.nan
     realised, totals = [], []
     for episode in np.unique(result.episode):
       where = np.flatnonzero(result.episode == episode)
@@ -546,24 +649,25 @@ def evaluate(task: StrategistTask, params: Any, split: windows.SplitData,
              conditioning_quantiles: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 0.99),
              curve_max_bars: int = 0, batch_size: int = 64, imitation_max_episodes: int = 0,
              progress: bool = True, seed: int = 0) -> dict[str, Any]:
-  """The Strategist on one split: imitation of the hindsight oracle, the conditioned rollout's
-  backtest beside buy-and-hold and the heuristics, and the conditioning curve (JSON-ready); writes
-  the curve PNG and a backtest report per symbol under ``directory``."""
+  """The Strategist on one split: the free-running rollout's agreement with the hindsight oracle
+  (and, labelled diagnostic only, the teacher-forced score), its backtest beside buy-and-hold and
+  the heuristics, and the conditioning curve (JSON-ready); writes the curve PNG and a backtest
+  report per symbol under ``directory``."""
   from quantum_alpha_jax.backtest import report as report_lib  # pylint: disable=g-import-not-at-top
 
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   arrays, rows, name = _split_rows(split)
   report: dict[str, Any] = {'bars': int(rows.size)}
-  report['imitation'] = imitation(task, params, arrays, rows, max_episodes=imitation_max_episodes,
-                                  seed=seed)
   # The conditioned rollout over the whole split.
   main = rollout(task, params, arrays, rows, [task.target_return], batch_size=batch_size,
                  progress=progress)
   report['rollout'] = {'target_return': task.target_return, 'seconds': main.seconds,
                        'bars_per_second': rows.size / max(main.seconds, 1e-9),
-                       'chunk_episodes': task.chunk_episodes,
                        'note': 'seconds include the jit compile of the rollout'}
+  report['imitation'] = imitation(task, arrays, main)
+  report['imitation_teacher_forced'] = teacher_forced_imitation(
+      task, params, arrays, rows, max_episodes=imitation_max_episodes, seed=seed)
   backtests = backtest_positions(task, arrays, rows, main.position[0])
   report['strategist'] = {symbol: _stats(result.stats) for symbol, result in backtests.items()}
   report['buy_and_hold'] = {symbol: _stats(result.buy_and_hold_stats)
@@ -685,12 +789,16 @@ def format_results(results: Mapping[str, Any]) -> str:
     report = results.get(split)
     if not isinstance(report, Mapping) or 'strategist' not in report:
       continue
-    imitation_report = report['imitation']
-    lines.append(f'\n{split}: imitation of the hindsight oracle (teacher-forced, '
-                 f'{imitation_report["episodes"]} episodes): balanced accuracy '
-                 f'{imitation_report["strategist"]["balanced_accuracy"]:.3f} vs random '
-                 f'{imitation_report["random"]["balanced_accuracy"]:.3f}, always-hold '
-                 f'{imitation_report["always_hold"]["balanced_accuracy"]:.3f}')
+    agreement = {name: entry['balanced_accuracy'] for name, entry in report['imitation'].items()
+                 if isinstance(entry, Mapping)}
+    lines.append(f'\n{split}: agreement with the hindsight oracle\'s actions, free-running '
+                 f'({report["imitation"]["bars"]} bars), balanced accuracy '
+                 f'{agreement.pop("strategist"):.3f} vs ' + ', '.join(
+                     f'{name.replace("_", " ")} {value:.3f}' for name, value in agreement.items()))
+    forced = report.get('imitation_teacher_forced')
+    if forced:
+      lines.append(f'  teacher-forced balanced accuracy {forced["strategist"]["balanced_accuracy"]:.3f}'
+                   f' ({forced["label"]})')
     lines.append(f'  {"policy":<28} {"symbol":<9} {"return":>9} {"Sharpe":>8} {"max DD":>8} '
                  f'{"win rate":>9} {"PF":>7} {"trades":>7}')
     rows = [('strategist', report['strategist']), ('buy and hold', report['buy_and_hold'])]
