@@ -6,15 +6,30 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.tasks import oracle
 
 
 def check(signals, task, params, split, batch_size):
   """Asserts the contract of ``bar_signals`` on ``signals``, computed from ``split`` with
-  ``batch_size``."""
+  ``batch_size``: one row per bar of the split whose past window is usable, whatever follows it
+  (also the last ``decoder_length`` bars, whose label horizon leaves the split), each the forecast
+  made on that bar's window."""
   assert list(signals.columns) == ['symbol', 'timestamp', 'p_up', 'uncertainty', 'q50']
-  source = split.source
+  source = windows.signal_source(split)
   assert len(signals) == len(source.anchors)
+  assert set(split.source.anchors.tolist()) < set(source.anchors.tolist())
+  times = source.arrays.timestamp[source.anchors]
+  assert times.min() >= split.split.start_ns and times.max() < split.split.end_ns
+  for symbol in np.unique(source.arrays.symbol[source.anchors]):  # up to the split's last bar
+    rows = source.arrays.symbol_rows(source.arrays.symbols[symbol])
+    last = rows.start + np.searchsorted(source.arrays.timestamp[rows], split.split.end_ns) - 1
+    assert last in source.anchors
+  # At a bar that also has a full window, the signal is the forecast on that window.
+  full = split.source.anchors[-3:]
+  past, whole = source.gather(full), split.source.gather(full)
+  for name in oracle.MODEL_INPUTS:
+    np.testing.assert_array_equal(past[name], whole[name])
   assert str(signals['timestamp'].dtype) == 'datetime64[ns, UTC]'
   assert set(signals['symbol']) == {'BTCUSDT', 'ETHUSDT'}
   # The anchor bar's own time and symbol, in order.

@@ -3,13 +3,16 @@
 1. Each model named in ``config.checkpoints`` (an empty path switches it off) is loaded from its
    run directory (``tasks.<model>.load``) and produces its per-bar signals over ``config.split``
    of ``config.data`` (``tasks.<model>.bar_signals``: each row reads bars up to its own only).
-2. The signals are joined on (symbol, bar); a bar enters the backtest only when every loaded model
-   has a signal for it (the Oracle has none for the last ``decoder_length`` bars of a split, whose
-   windows would need future calendar rows; the Guardian none for the first ``window - 1``).
+2. The bars are the price grid of the split: every bar of the store opening in
+   ``[start, end)`` of ``config.split``, whatever the models (buy-and-hold runs on the same
+   bars). Each model's signals are joined onto that grid (a left join): a model never removes a
+   bar, and whether a bar has a model's signal depends on bars up to it alone (its past window is
+   usable: not in a segment's warm-up after a data hole, nor the first ``window - 1`` bars).
 3. The ensemble rule (``backtest/ensemble.py``) turns the signals into targets for the full
-   ensemble and every ablation row whose models are loaded; the causal heuristics of the
-   Strategist's behaviour mixture (trend following, mean reversion; ``data/trajectories.py``) run
-   on the same bars. Every target series is backtested per symbol with equal capital and summed
+   ensemble and every ablation row whose models are loaded; at a bar where one of a row's models
+   has no signal that row is flat (no position, decided from the past alone). The causal
+   heuristics of the Strategist's behaviour mixture (trend following, mean reversion;
+   ``data/trajectories.py``) run on the same bars, flat where the bar's features are not usable. Every target series is backtested per symbol with equal capital and summed
    into a portfolio (``backtest/portfolio.py``), after fees and slippage, beside buy-and-hold.
 4. Walk-forward: the same targets re-evaluated in calendar windows (``backtest/walkforward.py``),
    with the mean and spread of each statistic.
@@ -39,6 +42,7 @@ from quantum_alpha_jax.backtest import ensemble
 from quantum_alpha_jax.backtest import portfolio
 from quantum_alpha_jax.backtest import report as report_lib
 from quantum_alpha_jax.backtest import walkforward
+from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.train import writers
@@ -106,49 +110,84 @@ def _split(data: Mapping[str, windows.SplitData], name: str) -> windows.SplitDat
   return data[name]
 
 
-def join_signals(signals: Mapping[str, pd.DataFrame], frames: Mapping[str, pd.DataFrame]
-                 ) -> pd.DataFrame:
-  """One row per (symbol, bar) present in every model's signals, with the bar's open, close and
-  raw features; sorted by symbol, then time."""
+def split_range(data_config: ml_collections.ConfigDict, name: str) -> windows.Split:
+  """The time range ``[start, end)`` of split ``name`` of ``data_config.splits``."""
+  splits = {split.name: split for split in windows.splits_from_config(data_config.splits)}
+  if name not in splits:
+    raise errors.ConfigError(errors.describe('config.split', f'no split {name!r}',
+                                             f'use one of {sorted(splits)}'))
+  return splits[name]
+
+
+def join_signals(signals: Mapping[str, pd.DataFrame], frames: Mapping[str, pd.DataFrame],
+                 split: windows.Split | None = None) -> pd.DataFrame:
+  """One row per bar of ``frames`` opening inside ``split`` (every bar when None): the price
+  grid, which no model changes. Each row carries the bar's open, close, ``observed`` and
+  ``usable`` flags (the store's ``valid``: the features are usable) and raw features, and every
+  model's signal columns, NaN where the model has no signal for the bar (a left join). Sorted by
+  symbol, then time."""
   if not signals:
     raise errors.ConfigError(errors.describe(
         'config.checkpoints', 'no model to backtest', 'give at least one checkpoint directory'))
-  joined = None
-  for name, frame in signals.items():
-    part = frame[['symbol', 'timestamp', *_COMPONENT_COLUMNS[name]]]
-    joined = part if joined is None else joined.merge(part, on=['symbol', 'timestamp'],
-                                                      how='inner')
-  prices = pd.concat([frame[['timestamp', 'open', 'close', *FEATURES]].assign(symbol=symbol)
-                      .loc[:, lambda f: ~f.columns.duplicated()]
-                      for symbol, frame in frames.items()], ignore_index=True)
-  joined = joined.merge(prices, on=['symbol', 'timestamp'], how='inner')
-  joined = joined.sort_values(['symbol', 'timestamp'], kind='stable').reset_index(drop=True)
+  parts = []
+  for symbol, frame in frames.items():
+    times = pd.to_datetime(frame[schema.TIMESTAMP], utc=True)
+    inside = np.ones(len(frame), bool) if split is None else (
+        (times >= split.start) & (times < split.end)).to_numpy()
+    part = frame.loc[inside, [schema.TIMESTAMP, 'open', 'close', *FEATURES]]
+    part = part.loc[:, ~part.columns.duplicated()].assign(symbol=symbol)
+    part[schema.OBSERVED] = (frame.loc[inside, schema.OBSERVED].to_numpy(bool)
+                             if schema.OBSERVED in frame else True)
+    part['usable'] = (frame.loc[inside, schema.VALID].to_numpy(bool) if schema.VALID in frame
+                      else np.isfinite(part[list(FEATURES)].to_numpy(np.float64)).all(1))
+    parts.append(part)
+  joined = pd.concat(parts, ignore_index=True)
+  joined[schema.TIMESTAMP] = pd.to_datetime(joined[schema.TIMESTAMP], utc=True)
+  joined = joined.sort_values(['symbol', schema.TIMESTAMP], kind='stable').reset_index(drop=True)
+  where = f'the {split.name!r} split' if split is not None else 'the data'
   if len(joined) < 2:
     raise errors.DataError(errors.describe(
-        'backtest', f'the models share only {len(joined)} bars of the split',
-        'check that every checkpoint was trained on the same symbols and that the split has data'))
+        'backtest', f'{where} holds {len(joined)} bars of {sorted(frames)}',
+        'widen the split or check that the store covers it'))
+  for name, frame in signals.items():
+    part = frame[['symbol', schema.TIMESTAMP, *_COMPONENT_COLUMNS[name]]].assign(
+        **{schema.TIMESTAMP: pd.to_datetime(frame[schema.TIMESTAMP], utc=True)})
+    joined = joined.merge(part, on=['symbol', schema.TIMESTAMP], how='left', validate='1:1')
+    if joined[_COMPONENT_COLUMNS[name][0]].isna().all():
+      raise errors.DataError(errors.describe(
+          'backtest', f'the {name} has a signal for none of the {len(joined)} bars of {where}',
+          'check that every checkpoint was trained on the same symbols and that the split has '
+          'data'))
   return joined
+
+
+def signal_coverage(joined: pd.DataFrame, names: tuple[str, ...]) -> dict[str, float]:
+  """The share of the grid's bars at which each model has a signal (the others are flat)."""
+  return {name: float(joined[_COMPONENT_COLUMNS[name][0]].notna().mean()) for name in names}
 
 
 def strategy_targets(joined: pd.DataFrame, config: ml_collections.ConfigDict,
                      available: tuple[str, ...]) -> dict[str, np.ndarray]:
   """Targets ``[rows]`` of the ensemble, every ablation row with its models loaded, and the
-  heuristics (computed per symbol, causally, from flat)."""
+  heuristics (computed per symbol, causally, from flat). A row is flat at a bar where one of its
+  models has no signal; a heuristic, where the bar's features are not ``usable``."""
   from quantum_alpha_jax.data import trajectories  # pylint: disable=g-import-not-at-top
 
   targets: dict[str, np.ndarray] = {}
   for name, rule in ensemble.ablation_configs(config.ensemble, available).items():
     targets[name] = np.zeros(len(joined))
+    needed = ensemble.required_signals(rule)
     for _, rows in joined.groupby('symbol', sort=False).indices.items():
-      part = {column: joined[column].to_numpy()[rows] for column in
-              ensemble.required_signals(rule)}
-      targets[name][rows] = ensemble.positions(part, rule)
+      part = {column: joined[column].to_numpy(np.float64)[rows] for column in needed}
+      has_signal = np.all([np.isfinite(part[column]) for column in needed], axis=0)
+      targets[name][rows] = ensemble.positions(part, rule, available=has_signal)
+  usable = joined['usable'].to_numpy(bool)
   for name in HEURISTICS:
     target = np.zeros(len(joined))
     for _, rows in joined.groupby('symbol', sort=False).indices.items():
       target[rows] = trajectories.heuristic_positions(
           name, joined[list(FEATURES)].to_numpy()[rows], bool(config.ensemble.allow_short))
-    targets[f'heuristic: {name}'] = target
+    targets[f'heuristic: {name}'] = np.where(usable, target, 0.0)
   return targets
 
 
@@ -188,7 +227,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
       signals[name] = model_signals(name, path, config.data, config.split,
                                     batch_size=config.batch_size, progress=config.progress)
   frames = data_lib.load_frames(config.data)
-  joined = join_signals(signals, frames)
+  joined = join_signals(signals, frames, split_range(config.data, config.split))
+  coverage = signal_coverage(joined, tuple(signals))
+  logging.info('Bars with a signal: %s (flat elsewhere)',
+               ', '.join(f'{name} {share:.1%}' for name, share in coverage.items()))
   joined.drop(columns=list(FEATURES)).to_parquet(workdir / 'signals.parquet')
   targets = strategy_targets(joined, config, tuple(signals))
   if not any(name in ensemble.ABLATIONS for name in targets):
@@ -225,7 +267,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   main.trades.to_csv(workdir / 'trades.csv', index=False)
 
   span = {'start': str(joined['timestamp'].min()), 'end': str(joined['timestamp'].max()),
-          'bars': int(len(joined)), 'symbols': list(main.by_symbol)}
+          'bars': int(len(joined)), 'symbols': list(main.by_symbol), 'signal_coverage': coverage}
   payload = {
       'experiment': 'backtest', 'workdir': str(workdir), 'headline': headline, 'span': span,
       'models': {name: str(config.checkpoints[name]) for name in signals},
@@ -239,8 +281,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   }
   lines = [f'# Ensemble backtest: {headline}', '',
            f'{span["bars"]:,} bars of {", ".join(span["symbols"])}, {span["start"]} to '
-           f'{span["end"]} ({config.split} split). Targets are decided at each bar\'s close from '
-           'signals that read that bar and earlier ones, and filled at the next open; fee '
+           f'{span["end"]} (every bar of the {config.split} split, for every strategy). '
+           'Targets are decided at each bar\'s close from signals that read that bar and earlier '
+           'ones, and filled at the next open; a strategy is flat at a bar where one of its '
+           'models has no signal (bars with a signal: '
+           f'{", ".join(f"{k} {v:.1%}" for k, v in coverage.items())}); fee '
            f'{config.costs.fee_rate:.3%} per side, slippage {config.costs.slippage_bps:g} bp, '
            f'capital {config.costs.initial_capital:,.0f} split equally over the symbols. '
            f'Models: {", ".join(f"{k} ({v})" for k, v in payload["models"].items())}.', '',
