@@ -240,7 +240,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   costs = dict(fee_rate=config.costs.fee_rate, slippage_bps=config.costs.slippage_bps,
                allow_short=bool(config.ensemble.allow_short),
                rebalance_threshold=config.costs.rebalance_threshold)
-  prices = joined[['symbol', 'timestamp', 'open', 'close']]
+  prices = joined[['symbol', 'timestamp', 'open', 'close', schema.OBSERVED]]
   results = {name: portfolio.run(prices, target, initial_capital=config.costs.initial_capital,
                                  **costs) for name, target in targets.items()}
   headline = next(name for name in ensemble.ABLATIONS if name in results)
@@ -254,7 +254,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
     walk[symbol] = walkforward.walk_forward(
         {name: target[rows] for name, target in targets.items()},
         joined['open'].to_numpy()[rows], joined['close'].to_numpy()[rows],
-        joined['timestamp'].to_numpy()[rows], frequency=config.walk_forward.frequency,
+        joined['timestamp'].to_numpy()[rows], observed=joined[schema.OBSERVED].to_numpy()[rows],
+        frequency=config.walk_forward.frequency,
         min_bars=config.walk_forward.min_bars, **costs)
     tables[f'Walk-forward ({config.walk_forward.frequency}), {symbol}'] = (
         walkforward.summary_table(walk[symbol]))
