@@ -1,7 +1,11 @@
-"""Builds the feature store. ``get_config('')`` (default), ``'quick'`` or ``'real'``.
+"""Builds the feature store. ``get_config(arg)``: '' (default), 'quick', 'learnable' or 'real'.
 
 - default: the embedded synthetic market, BTCUSDT + ETHUSDT, 2019-01-01 .. 2025-01-01 (6 years).
 - quick:   the synthetic market for four weeks; seconds on a CPU.
+- learnable: twelve weeks of the synthetic 'learnable' preset (data/synthetic.LEARNABLE), the main
+           job's market: identifiable regimes, so a working model beats the naive rules and the
+           Bayes filter (evaluate/ceiling.py) shows what is attainable; a 17-day test split gives
+           ~400 non-overlapping 2-hour windows, enough for an interval that separates them.
 - real:    the real Binance spot 5-minute candles in ../shared/data/binance-spot-5m/.
 """
 
@@ -46,6 +50,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.splits.train = ('2024-01-01', '2024-01-19')
     config.splits.validation = ('2024-01-19', '2024-01-24')
     config.splits.test = ('2024-01-24', '2024-01-29')
+  elif arg == 'learnable':
+    config.synthetic.preset = 'learnable'
+    config.start = '2024-01-01'
+    config.end = '2024-03-25'
+    config.store_dir = str(REPOSITORY / 'data_store' / 'learnable')
+    config.splits.train = ('2024-01-01', '2024-02-26')
+    config.splits.validation = ('2024-02-26', '2024-03-08')
+    config.splits.test = ('2024-03-08', '2024-03-25')
   elif arg == 'real':
     config.source = 'files'
     # Optional trim of the files: None keeps everything (override with --config.start=2021-01-01).
@@ -61,5 +73,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.splits.validation = ('2023-01-01', '2023-07-01')
     config.splits.test = ('2023-07-01', '2024-01-01')
   elif arg:
-    raise ConfigError(f'configs/data.py: unknown variant {arg!r} — use "", "quick" or "real"')
+    raise ConfigError(f'configs/data.py: unknown variant {arg!r} — use "", "quick", "learnable" or "real"')
   return config

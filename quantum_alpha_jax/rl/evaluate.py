@@ -102,7 +102,7 @@ def backtest_targets(tape: market_lib.Tape, target: np.ndarray, params: env_lib.
         f'backtest_targets {tape.symbol}', f'{target.shape} targets for a tape of {tape.length} '
         'bars', 'pass one target per bar of the tape (0 where there is no signal)'))
   return engine.run_backtest(target, tape.open, tape.close, tape.timestamps,
-                             fee_rate=params.fee_rate, slippage_bps=params.slippage_bps,
+                             observed=tape.observed, fee_rate=params.fee_rate, slippage_bps=params.slippage_bps,
                              allow_short=params.allow_short,
                              rebalance_threshold=params.rebalance_threshold)
 

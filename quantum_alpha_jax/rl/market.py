@@ -49,6 +49,7 @@ class Tape:
   timestamps: np.ndarray  # [length] int64 ns, bar open times (UTC)
   open: np.ndarray  # [length] float64
   close: np.ndarray  # [length] float64
+  observed: np.ndarray | None = None  # [length] bool, False at hole-filling bars (None: all)
 
   @property
   def length(self) -> int:
@@ -150,15 +151,17 @@ def build_markets(data_config: ml_collections.ConfigDict, env_config: ml_collect
     tradable[np.searchsorted(rows, decision_rows[split.name])] = True
     features = normalize_rows(normalizer, arrays.features[rows], float(env_config.feature_clip))
     close = np.asarray(arrays.close[rows], np.float64)
+    observed = np.asarray(arrays.observed[rows], bool)
     params = env_lib.make_params(features, open_prices[rows], close, tradable=tradable,
-                                 where=f'env ({split.describe()})', **options)
+                                 observed=observed, where=f'env ({split.describe()})', **options)
     symbols = np.asarray(arrays.symbol[rows])
     tapes = []
     for symbol_id in np.unique(symbols):
       positions = np.flatnonzero(symbols == symbol_id)  # one block: rows are in store order
       tapes.append(Tape(symbol=arrays.symbols[symbol_id], first=int(positions[0]),
                         timestamps=timestamps[rows[positions]],
-                        open=open_prices[rows[positions]], close=close[positions]))
+                        open=open_prices[rows[positions]], close=close[positions],
+                        observed=observed[positions]))
     markets[split.name] = SplitMarket(split, params, tuple(tapes))
   return markets, normalizer
 
