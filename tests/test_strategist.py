@@ -243,6 +243,36 @@ def test_the_position_fed_to_the_model_is_the_position_the_engine_holds(loaded):
   np.testing.assert_array_equal(result.position[0] != result.held[0], result.action[0] != tr.HOLD)
 
 
+class _WithHoles:
+  """``arrays`` with ``observed`` False at some rows (bars that fill a hole), the rest delegated."""
+
+  def __init__(self, arrays, unobserved):
+    self._arrays = arrays
+    self.observed = np.asarray(arrays.observed, bool).copy()
+    self.observed[unobserved] = False
+
+  def __getattr__(self, name):
+    return getattr(self._arrays, name)
+
+
+def test_the_rollout_defers_fills_at_hole_filling_bars_as_the_engine_does(loaded):
+  task, params, _, split = loaded
+  arrays, rows = split.source.arrays, split.source.rows
+  btc = rows[np.asarray(arrays.symbol)[rows] == 0]
+  holes = _WithHoles(arrays, btc[np.arange(20, btc.size - 40, 7)])
+  result = strategist.rollout(task, params, holes, btc, [task.target_return], progress=False)
+  grid = np.arange(btc[0], btc[-1] + 1)
+  full = np.zeros(grid.size)
+  full[btc - grid[0]] = result.position[0]
+  state = engine.simulate(full, arrays.features[grid, features.FEATURES.index('open')], 10_000.0,
+                          0.001, 1.0, None, observed=holes.observed[grid])
+  held = state['target_held'][btc - grid[0]]
+  np.testing.assert_array_equal(result.held[0], held.astype(np.float32))
+  # The check has teeth: some decisions were pending over a hole-filling bar.
+  changed = np.flatnonzero(result.position[0][:-1] != result.held[0][:-1]) + 1
+  assert np.sum(~holes.observed[btc[changed]]) >= 1
+
+
 def _rewritten_after(raw, cut):
   """The raw market with every bar after ``cut`` replaced by another market's path (rescaled to
   continue from the bar at ``cut``)."""

@@ -339,15 +339,17 @@ def episode_starts(arrays: windows.WindowArrays, rows: np.ndarray, episode_lengt
 
 
 def episode_rewards(initial: np.ndarray, positions: np.ndarray, open_price: np.ndarray,
-                    close: np.ndarray, spec: TrajectorySpec) -> np.ndarray:
+                    close: np.ndarray, spec: TrajectorySpec, observed: np.ndarray | None = None
+                    ) -> np.ndarray:
   """Rewards ``[E, L]`` of positions ``[E, L]`` entered from ``initial [E]``, on the prices
   ``open_price, close [E, L + 2]`` of bars ``r-1 .. r+L``: the engine fills ``initial`` at bar r's
-  open and ``p_t`` at bar r+t+1's open; ``ρ_t = reward_scale · log(E_{r+t+1} / E_{r+t})``."""
+  open and ``p_t`` at bar r+t+1's open (deferred past hole-filling bars, ``observed [E, L + 2]``
+  False); ``ρ_t = reward_scale · log(E_{r+t+1} / E_{r+t})``."""
   positions = np.asarray(positions, np.float64)
   targets = np.concatenate([np.asarray(initial, np.float64)[:, None], positions,
                             positions[:, -1:]], axis=1)
   state = engine.simulate_batch(targets, open_price, fee_rate=spec.fee_rate,
-                                slippage_bps=spec.slippage_bps)
+                                slippage_bps=spec.slippage_bps, observed=observed)
   equity = state['cash'] + state['units'] * np.asarray(close, np.float64)
   return spec.reward_scale * np.diff(np.log(equity[:, 1:]), axis=1)
 
@@ -421,7 +423,8 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
       positions[selected] = levels * sizes[selected, None]
     positions = positions.astype(np.float32)
     open_price = np.take(arrays.features[:, _COLUMN['open']], rows).astype(np.float64)
-    rewards = episode_rewards(initial[part], positions, open_price, close[rows], spec)
+    rewards = episode_rewards(initial[part], positions, open_price, close[rows], spec,
+                              observed=np.take(np.asarray(arrays.observed, bool), rows))
     out['positions'][part] = positions
     out['rewards'][part] = rewards
     out['returns_to_go'][part] = discounted_returns_to_go(rewards, spec.discount)

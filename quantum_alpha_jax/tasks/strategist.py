@@ -182,11 +182,12 @@ def example_batch(task: StrategistTask, size: int = 1) -> dict[str, np.ndarray]:
 
 
 def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_price: jax.Array,
-                  close: jax.Array, valid: jax.Array, flat_start: jax.Array,
+                  close: jax.Array, valid: jax.Array, observed: jax.Array, flat_start: jax.Array,
                   first_token: jax.Array) -> dict[str, jax.Array]:
-  """``features [B, N, K, 44]`` (normalised), ``open_price, close, valid [B, N, K]`` of N
-  consecutive episodes per item (``valid`` False on padding, which changes nothing), ``flat_start
-  [B, N]`` (the episode starts flat instead of carrying the account on) and ``first_token [B]``.
+  """``features [B, N, K, 44]`` (normalised), ``open_price, close, valid, observed [B, N, K]`` of N
+  consecutive episodes per item (``valid`` False on padding, which changes nothing; ``observed``
+  False at hole-filling bars, where the engine defers every fill to the next observed open),
+  ``flat_start [B, N]`` (the episode starts flat instead of carrying the account on) and ``first_token [B]``.
   Returns per bar ``action`` (canonical), ``size``, ``held`` (the position fed to the model, held
   since this bar's open), ``position`` (after the decision), ``return_token`` and ``reward``."""
   model, spec = task.model, task.spec
@@ -199,20 +200,22 @@ def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_p
 
   def step(carry, inputs):
     cache, account, token, action, size = carry
-    timestep, bar_features, bar_open, bar_close, bar_valid = inputs
+    timestep, bar_features, bar_open, bar_close, bar_valid, bar_observed = inputs
     cash, units, held, equity, position, before = account
-    # 1. Fill p_{t-1} at this bar's open (the engine's rule: trade when the target changed), mark
-    #    the close.
+    # 1. Fill p_{t-1} at this bar's open (the engine's rule: trade when the target changed since
+    #    the last observed open; nothing trades at a hole-filling bar), mark the close.
     (cash, units, held), _ = engine.fill_at_open(
         (cash, units, held), position, bar_open, position != before, fee_rate=fee_rate,
-        slippage=slippage)
+        slippage=slippage, observed=bar_observed)
+    position_before = jnp.where(bar_observed, position, before)
     marked = cash + units * bar_close
     reward = spec.reward_scale * jnp.log(jnp.maximum(marked, 1e-12) / jnp.maximum(equity, 1e-12))
     # 2. The return still to be earned (restarted at each episode's first step).
     new_token = jnp.where(timestep == 0, first_token,
                           (token - spec.rtg_scale * reward) / spec.discount)
-    # 3. Decide from (a_{t-1}, R_t, s_t), s_t holding the position held since this bar's open.
-    state = jnp.concatenate([bar_features, position[:, None]], axis=-1)
+    # 3. Decide from (a_{t-1}, R_t, s_t), s_t holding the position the engine holds since this
+    #    bar's open (the standing target ``position`` unless its fill waits past a filled bar).
+    state = jnp.concatenate([bar_features, held[:, None]], axis=-1)
     heads, cache = model.apply({'params': params}, cache, timestep, new_token, state, action, size,
                                method=model.decode)
     chosen = jnp.argmax(heads['action_logits'], -1).astype(jnp.int32)
@@ -221,12 +224,13 @@ def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_p
     chosen = jnp.where(new_position == position, trajectories.HOLD, chosen)
     sized = (chosen == trajectories.BUY) | ((chosen == trajectories.SELL) & spec.allow_short)
     token_size = jnp.where(sized, jnp.abs(new_position), 0.0)
-    new = ((cash, units, held, marked, new_position, position), new_token, chosen, token_size)
+    new = ((cash, units, held, marked, new_position, position_before), new_token, chosen,
+           token_size)
     # Padding leaves the account, the return token and the previous action unchanged.
     account, token, action, size = jax.tree.map(lambda n, o: jnp.where(bar_valid, n, o), new,
                                                 (account, token, action, size))
     return (cache, account, token, action, size), {
-        'action': chosen, 'size': new_size, 'held': position, 'position': new_position,
+        'action': chosen, 'size': new_size, 'held': held, 'position': new_position,
         'return_token': new_token, 'reward': reward}
 
   def episode(account, inputs):
@@ -238,7 +242,8 @@ def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_p
     inner, outputs = jax.lax.scan(step, inner, (steps, *(jnp.swapaxes(x, 0, 1) for x in bars)))
     return inner[1], outputs
 
-  inputs = tuple(jnp.swapaxes(x, 0, 1) for x in (features, open_price, close, valid, flat_start))
+  inputs = tuple(jnp.swapaxes(x, 0, 1)
+                 for x in (features, open_price, close, valid, observed, flat_start))
   _, outputs = jax.lax.scan(episode, flat, inputs)
   # outputs: [N, K, B] → [B, N, K]
   return jax.tree.map(lambda x: jnp.moveaxis(x, -1, 0), outputs)
@@ -308,6 +313,7 @@ def rollout(task: StrategistTask, params: Any, arrays: windows.WindowArrays, row
   items = [(s, t) for t in range(len(targets)) for s in range(len(sequences))]
   size = max(1, min(int(batch_size), len(items)))
   open_column, close_column = arrays.features[:, _OPEN], np.asarray(arrays.close)
+  observed_column = np.asarray(arrays.observed, bool)
   names = ('action', 'size', 'held', 'position', 'return_token', 'reward')
   collected = {name: np.zeros((len(targets), rows.size), np.float32) for name in names}
   bar = Progress(math.ceil(len(items) / size), 'strategist rollout', unit='batches') \
@@ -332,7 +338,8 @@ def rollout(task: StrategistTask, params: Any, arrays: windows.WindowArrays, row
         params, jnp.asarray(features.reshape(shape + (len(FEATURES),))),
         jnp.asarray(open_column[filled].reshape(shape), jnp.float32),
         jnp.asarray(close_column[filled].reshape(shape), jnp.float32),
-        jnp.asarray(valid.reshape(shape)), jnp.asarray(restart), jnp.asarray(tokens))
+        jnp.asarray(valid.reshape(shape)), jnp.asarray(observed_column[filled].reshape(shape)),
+        jnp.asarray(restart), jnp.asarray(tokens))
     pending.append((part, outputs))
     if bar:
       bar.update(1)
@@ -526,7 +533,7 @@ def _run_on_grid(task: StrategistTask, arrays: windows.WindowArrays, grid: np.nd
   return engine.run_backtest(
       targets, np.asarray(arrays.features[grid, _OPEN], np.float64),
       np.asarray(arrays.close)[grid], np.asarray(arrays.timestamp)[grid],
-      fee_rate=task.spec.fee_rate, slippage_bps=task.spec.slippage_bps,
+      observed=np.asarray(arrays.observed, bool)[grid], fee_rate=task.spec.fee_rate, slippage_bps=task.spec.slippage_bps,
       allow_short=task.spec.allow_short)
 
 
