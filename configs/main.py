@@ -1,14 +1,16 @@
 """The main job, end to end: ``get_config('')`` (default) or ``'quick'``.
 
-Stages, in order (``experiments/main.py``), every model at its ``:quick`` size so the whole job
-runs in minutes on a CPU:
-1. the feature store of the embedded synthetic market (6 years by default, four weeks in quick);
-2. the Oracle (TFT), 3. the Guardian (contrastive VAE), 4. the Strategist (Decision Transformer):
-   each trained on the quick market, evaluated beside its baselines, with plots;
-5. the ensemble backtest of the three on the quick market's test days, with the ablation table;
-6. export of the three to ONNX (and a TF SavedModel) with parity checks, when the ``export`` extra
-   is installed.
-Outputs go to ``<workdir>/<config name>`` (``workdir`` defaults to ``checkpoints``).
+One store for every stage (``quantum_alpha_jax/main_job.py`` sets each model's ``data`` to
+``config.data``), every model at its ``:quick`` size, on the synthetic market's 'learnable' preset
+(``data/synthetic.LEARNABLE``: identifiable regimes, so a working model beats the naive rules and
+the Bayes filter of ``evaluate/ceiling.py`` shows how much of the attainable edge it takes):
+- default: twelve weeks (``configs/data.py:learnable``), a 17-day test split: ~400 non-overlapping
+  2-hour windows and 17 days, enough for the paired intervals to separate a model from its best
+  naive baseline. The Oracle trains 600 steps (150 leave it level with momentum). Minutes on a CPU.
+- quick:   four weeks of the same preset and the quick configs unchanged: a smoke run; its 5-day
+  test split is too short for the intervals to say much.
+Outputs go to ``<workdir>/<config name>`` (``workdir`` defaults to ``checkpoints``) and
+``<workdir>/summary.json`` / ``summary.md``.
 """
 
 import ml_collections
@@ -19,15 +21,25 @@ from configs import export
 from configs import guardian
 from configs import oracle
 from configs import strategist
+from quantum_alpha_jax.errors import ConfigError
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  if arg not in ('', 'quick'):
+    raise ConfigError(f'configs/main.py: unknown variant {arg!r} — use "" or "quick"')
   config = ml_collections.ConfigDict()
-  config.data = data.get_config(arg)
+  if arg == 'quick':
+    config.data = data.get_config('quick')
+    config.data.synthetic.preset = 'learnable'
+    config.data.store_dir = config.data.store_dir + '-learnable'
+  else:
+    config.data = data.get_config('learnable')
   config.oracle = oracle.get_config('quick')
   config.guardian = guardian.get_config('quick')
   config.strategist = strategist.get_config('quick')
   config.backtest = backtest.get_config('quick')
   config.export = export.get_config('quick')
+  if not arg:
+    config.oracle.train.update(num_steps=600, eval_every_steps=150)
   config.workdir = ml_collections.config_dict.placeholder(str)  # default: checkpoints/
   return config

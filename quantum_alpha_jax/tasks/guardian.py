@@ -67,6 +67,7 @@ from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.data.windows import SplitData
 from quantum_alpha_jax.data.windows import WindowSpec
 from quantum_alpha_jax.errors import ConfigError, DataError, describe
+from quantum_alpha_jax.evaluate import intervals
 from quantum_alpha_jax.models.cvae import ContrastiveVAE
 from quantum_alpha_jax.progress import Progress
 
@@ -447,23 +448,6 @@ def padded_batches(source: windows.WindowSource, batch_size: int,
     yield source.gather(chunk)
 
 
-def signal_source(split: SplitData) -> windows.WindowSource:
-  """Every bar of ``split`` whose past window is usable: the split's windows without the label
-  horizon (``decoder_length`` 0), so the last bars before the split's end get a row too. The first
-  window starts no earlier than the split's own first window (the purge is kept)."""
-  spec = split.source.spec
-  inference = WindowSpec(spec.encoder_length, 0, spec.max_hole_bars)
-  arrays = split.source.arrays
-  anchors = windows.eligible_anchors(arrays, inference)
-  timestamps = np.asarray(arrays.timestamp)
-  first_bar = timestamps[anchors - spec.encoder_length + 1]
-  earliest = timestamps[split.source.anchors - spec.encoder_length + 1].min()
-  keep = (first_bar >= max(earliest, split.split.start_ns)) & (
-      timestamps[anchors] < split.split.end_ns)
-  return windows.WindowSource(arrays, inference, anchors[keep], split.source.normalizer,
-                              split.split.name)
-
-
 def bar_signals(task: GuardianTask, params: Any, split: SplitData, *, batch_size: int = 1024,
                 progress: bool = True) -> pd.DataFrame:
   """One row per bar (window anchor) of ``split``: ``symbol``, ``timestamp`` (UTC open time of the
@@ -478,7 +462,7 @@ def bar_signals(task: GuardianTask, params: Any, split: SplitData, *, batch_size
         f'bar_signals on split {split.split.name!r}', 'the windows were normalised with other '
         'statistics than the run was trained with',
         'build the splits with make_split_data(..., normalizer=task.normalizer)'))
-  source = signal_source(split)
+  source = windows.signal_source(split)  # whether a bar gets a row depends on its past alone
   batches = -(-len(source) // batch_size)
   bar = Progress(batches, f'signals {split.split.name}', unit='batches') if progress else None
   collected = []
@@ -608,6 +592,15 @@ def evaluate(task: GuardianTask, params: Any, split: SplitData, statistics: Mapp
     entry['description'] = descriptions[name]
     report['baselines'][name] = entry
   report['chance_accuracy'] = 1.0 / len(schema.REGIMES)
+  # The strongest baseline on this very split (the harshest choice for the model), and the
+  # Guardian's accuracy gain over it with a paired block-bootstrap interval over calendar days
+  # (per-bar scores within a regime are far from independent).
+  best = max(baseline_predictions, key=lambda name: report['baselines'][name]['accuracy'])
+  days = intervals.day_blocks(np.asarray(source.arrays.timestamp)[anchors][keep])
+  report['versus_best_baseline'] = {
+      'baseline': best, 'metric': 'accuracy',
+      **intervals.paired_difference(predicted[keep] == labels[keep],
+                                    baseline_predictions[best][keep] == labels[keep], days)}
   report['agreement_with_rule_labels'] = {
       'guardian': _agreement(data['rule'], predicted),
       **{name: _agreement(data['rule'], values) for name, values in baseline_predictions.items()}}
@@ -750,6 +743,8 @@ def format_results(results: Mapping[str, Any]) -> str:
     for name, entry, rule in rows:
       lines.append(f'  {name:<32} {entry["accuracy"]:.4f}    {entry["f1_macro"]:.4f}    '
                    f'{rule["accuracy"]:.4f}')
+    if 'versus_best_baseline' in report:
+      lines.append('  ' + intervals.format_difference('Guardian', report['versus_best_baseline']))
     latent = report['latent']
     silhouette = latent['silhouette_by_label']
     lines.append(f'  latents: silhouette by label {silhouette if silhouette is None else round(silhouette, 4)}, '

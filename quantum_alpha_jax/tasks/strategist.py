@@ -60,6 +60,7 @@ from quantum_alpha_jax.data import trajectories
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.errors import ConfigError, describe
+from quantum_alpha_jax.evaluate import intervals
 from quantum_alpha_jax.evaluate import regime as classification
 from quantum_alpha_jax.models import decision_transformer as dt
 from quantum_alpha_jax.progress import Progress
@@ -533,8 +534,8 @@ def _run_on_grid(task: StrategistTask, arrays: windows.WindowArrays, grid: np.nd
   return engine.run_backtest(
       targets, np.asarray(arrays.features[grid, _OPEN], np.float64),
       np.asarray(arrays.close)[grid], np.asarray(arrays.timestamp)[grid],
-      observed=np.asarray(arrays.observed, bool)[grid], fee_rate=task.spec.fee_rate, slippage_bps=task.spec.slippage_bps,
-      allow_short=task.spec.allow_short)
+      observed=np.asarray(arrays.observed, bool)[grid], fee_rate=task.spec.fee_rate,
+      slippage_bps=task.spec.slippage_bps, allow_short=task.spec.allow_short)
 
 
 def backtest_positions(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
@@ -558,8 +559,8 @@ def _stats(result_stats: Mapping[str, Any]) -> dict[str, Any]:
   return {key: result_stats.get(key) for key in _STATS}
 
 
-def heuristic_backtests(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
-                        seed: int = 0) -> dict[str, dict[str, Any]]:
+def heuristic_results(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
+                      seed: int = 0) -> dict[str, dict[str, engine.BacktestResult]]:
   """The causal behaviour heuristics (size 1, from flat) over the whole split, per symbol, on the
   same grid as :func:`backtest_positions` (flat on bars that are not usable)."""
   out = {}
@@ -569,9 +570,50 @@ def heuristic_backtests(task: StrategistTask, arrays: windows.WindowArrays, rows
       targets = np.zeros(grid.size)
       targets[slots] = trajectories.heuristic_positions(
           name, arrays.features[rows[where]], task.spec.allow_short, seed=seed)
-      per_symbol[symbol] = _stats(_run_on_grid(task, arrays, grid, targets).stats)
+      per_symbol[symbol] = _run_on_grid(task, arrays, grid, targets)
     out[name] = per_symbol
   return out
+
+
+def _daily_log_returns(result: engine.BacktestResult, equity: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """``(day, log return)`` per calendar day (UTC) of an equity curve marked at each close (the
+  engine trades from bar 1, so bar 0's equity is the initial capital)."""
+  equity = np.asarray(result.equity if equity is None else equity, np.float64)
+  step = np.diff(np.log(equity), prepend=np.log(equity[0]))
+  days = intervals.day_blocks(result.timestamps.asi8)
+  unique, inverse = np.unique(days, return_inverse=True)
+  return unique, np.bincount(inverse, weights=step)
+
+
+def versus_best_policy(strategist_results: Mapping[str, engine.BacktestResult],
+                       heuristics: Mapping[str, Mapping[str, engine.BacktestResult]]
+                       ) -> dict[str, Any]:
+  """The Strategist's mean daily log return (per symbol-day, after fees) minus that of the
+  strongest naive policy on this split (buy-and-hold or a heuristic, by mean total return over
+  symbols: the harshest choice for the model), with a paired block-bootstrap interval over days."""
+  candidates = {'buy_and_hold': {symbol: (result, result.buy_and_hold_equity)
+                                 for symbol, result in strategist_results.items()}}
+  candidates.update({name: {symbol: (result, result.equity) for symbol, result in per.items()}
+                     for name, per in heuristics.items()})
+  total = lambda per: float(np.mean([equity[-1] / equity[0] for _, equity in per.values()]))
+  best = max(candidates, key=lambda name: total(candidates[name]))
+  ours, theirs, days = [], [], []
+  for symbol, result in strategist_results.items():
+    day, model = _daily_log_returns(result)
+    other_result, other_equity = candidates[best][symbol]
+    _, baseline = _daily_log_returns(other_result, other_equity)
+    ours.append(model), theirs.append(baseline), days.append(day)
+  return {'baseline': best, 'metric': 'daily log return after fees (mean over symbol-days)',
+          **intervals.paired_difference(np.concatenate(ours), np.concatenate(theirs),
+                                        np.concatenate(days))}
+
+
+def heuristic_backtests(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
+                        seed: int = 0) -> dict[str, dict[str, Any]]:
+  """:func:`heuristic_results` as stats per heuristic and symbol."""
+  return {name: {symbol: _stats(result.stats) for symbol, result in per.items()}
+          for name, per in heuristic_results(task, arrays, rows, seed).items()}
 
 
 def _mean_over_symbols(per_symbol: Mapping[str, Mapping[str, Any]], key: str) -> float | None:
@@ -679,7 +721,10 @@ def evaluate(task: StrategistTask, params: Any, split: windows.SplitData,
   report['strategist'] = {symbol: _stats(result.stats) for symbol, result in backtests.items()}
   report['buy_and_hold'] = {symbol: _stats(result.buy_and_hold_stats)
                             for symbol, result in backtests.items()}
-  report['heuristics'] = heuristic_backtests(task, arrays, rows, seed=seed)
+  heuristics = heuristic_results(task, arrays, rows, seed=seed)
+  report['heuristics'] = {name: {symbol: _stats(result.stats) for symbol, result in per.items()}
+                          for name, per in heuristics.items()}
+  report['versus_best_baseline'] = versus_best_policy(backtests, heuristics)
   best = max(report['heuristics'], key=lambda h: _mean_over_symbols(
       report['heuristics'][h], 'sharpe') or -math.inf)
   report['best_heuristic'] = {'name': best, 'chosen_by': 'mean Sharpe over symbols on this split',
@@ -817,6 +862,8 @@ def format_results(results: Mapping[str, Any]) -> str:
                      f'{number(stats["sharpe"]):>8} {percent(stats["max_drawdown"]):>8} '
                      f'{percent(stats["win_rate"]):>9} {number(stats["profit_factor"]):>7} '
                      f'{stats["trades"]:>7}')
+    if 'versus_best_baseline' in report:
+      lines.append('  ' + intervals.format_difference('Strategist', report['versus_best_baseline']))
     curve = report['conditioning_curve']
     lines.append('  conditioning target → realised (per episode): ' + ', '.join(
         f'{p["target_return"]:.3%} → {percent(p["mean_realised_return"])}' for p in curve['points'])

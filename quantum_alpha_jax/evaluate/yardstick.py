@@ -1,0 +1,116 @@
+"""Each model beside its best naive baseline and the synthetic market's ceiling, in one table.
+
+Reads the ``test`` reports the tasks write to ``results.json`` and the Bayes reference of
+``evaluate/ceiling.py`` for the same split, and lines up one headline figure per model:
+
+- **Guardian**: regime accuracy against the true regimes; naive: the strongest of the majority
+  class and the two past-only rules on this split; ceiling: the forward filter's accuracy.
+- **Oracle**: direction accuracy at the horizon on non-overlapping windows; naive: the strongest of
+  always-up, persistence, momentum, reversal and the train mean on this split; ceiling: the filter's
+  ``P(up) > 0.5``.
+- **Strategist**: total return after fees over the split (mean over symbols); naive: the strongest
+  of buy-and-hold and the behaviour heuristics on this split; ceiling: the filter's policy (the
+  long-only or long-short variant the Strategist trades).
+
+"Beats" means the paired block-bootstrap interval of the gain (``evaluate/intervals.py``, calendar
+days as blocks) lies above zero. ``share_of_attainable_edge`` = (model - naive) / (ceiling - naive):
+0 is the naive baseline, 1 the ceiling (None when the ceiling does not beat the naive baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _share(model: float, naive: float, ceiling: float | None) -> float | None:
+  if ceiling is None or not ceiling > naive:
+    return None
+  return float((model - naive) / (ceiling - naive))
+
+
+def _row(model: str, metric: str, value: float, naive_name: str, naive: float,
+         comparison: Mapping[str, Any] | None, ceiling: float | None) -> dict[str, Any]:
+  return {'model': model, 'metric': metric, 'value': float(value),
+          'best_naive': naive_name, 'best_naive_value': float(naive),
+          'gain': dict(comparison) if comparison else None,
+          'beats_best_naive': bool(comparison and comparison['low'] > 0),
+          'ceiling': ceiling, 'share_of_attainable_edge': _share(value, naive, ceiling)}
+
+
+def guardian_row(report: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The Guardian's test ``report`` (``results['test']``) beside the filter's regime accuracy."""
+  versus = report['versus_best_baseline']
+  naive = report['baselines'][versus['baseline']]['accuracy']
+  top = ceiling['regime']['filter']['accuracy'] if ceiling else None
+  return _row('Guardian', 'regime accuracy', report['guardian']['accuracy'], versus['baseline'],
+              naive, versus, top)
+
+
+def oracle_row(report: Mapping[str, Any], ceiling: Mapping[str, Any] | None,
+               title: str = 'Oracle') -> dict[str, Any]:
+  """The Oracle's (or LSTM's) test report beside the filter's direction accuracy."""
+  honest = report['direction_accuracy_non_overlapping']
+  versus = report['versus_best_baseline']
+  top = ceiling['direction']['filter']['accuracy'] if ceiling else None
+  row = _row(title, f'direction accuracy at {honest["horizon"]} bars (non-overlapping)',
+             honest['oracle']['accuracy'], versus['baseline'],
+             honest[versus['baseline']]['accuracy'], versus, top)
+  row['pinball'] = {'model': report['pinball_loss'],
+                    'climatology': report['baselines']['climatology']['pinball_loss'],
+                    'ceiling': ceiling['pinball']['filter'] if ceiling else None}
+  return row
+
+
+def strategist_row(report: Mapping[str, Any], ceiling: Mapping[str, Any] | None,
+                   allow_short: bool = False) -> dict[str, Any]:
+  """The Strategist's test report beside the filter policy's return after fees."""
+  versus = report['versus_best_baseline']
+  mean = lambda per_symbol: float(np.mean([s['total_return'] for s in per_symbol.values()]))
+  naive_name = versus['baseline']
+  naive = mean(report['buy_and_hold'] if naive_name == 'buy_and_hold'
+               else report['heuristics'][naive_name])
+  top = None
+  if ceiling:
+    top = ceiling['policy']['long_short' if allow_short else 'long_only']['test']['total_return']
+  row = _row('Strategist', 'total return after fees (mean over symbols)',
+             mean(report['strategist']), naive_name, naive, versus, top)
+  row['conditioning_spearman'] = report['conditioning_curve'].get('spearman_target_vs_realised')
+  return row
+
+
+def format_yardstick(rows: list[Mapping[str, Any]], ceiling: Mapping[str, Any] | None) -> str:
+  """The table for people: model, best naive, gain with its interval, ceiling, share of edge."""
+  lines = []
+  if ceiling:
+    settings = ceiling['settings']
+    lines.append(f'Test split [{settings["start"]}, {settings["end"]}) of the synthetic market '
+                 f'(preset {settings.get("preset")}; Bayes filter '
+                 f'{"exact" if ceiling["filter_exact"] else "approximate"})')
+  else:
+    lines.append('Test split (no ceiling: the store is not synthetic)')
+  lines.append(f'  {"model":<11} {"metric":<46} {"model":>8} {"best naive":>24} '
+               f'{"gain [95% CI, day blocks]":>30} {"ceiling":>8} {"edge":>6}')
+  for row in rows:
+    gain = row['gain']
+    interval = (f'{gain["difference"]:+.4f} [{gain["low"]:+.4f}, {gain["high"]:+.4f}]'
+                if gain else '—')
+    verdict = ' beats' if row['beats_best_naive'] else ''
+    ceiling_value = '—' if row['ceiling'] is None else f'{row["ceiling"]:.4f}'
+    share = row['share_of_attainable_edge']
+    naive = f'{row["best_naive"]} {row["best_naive_value"]:.4f}'
+    lines.append(f'  {row["model"]:<11} {row["metric"]:<46} {row["value"]:>8.4f} {naive:>24} '
+                 f'{interval:>30}{verdict:<6} {ceiling_value:>8} '
+                 f'{"—" if share is None else f"{share:.0%}":>6}')
+    if 'pinball' in row:
+      pinball = row['pinball']
+      top = '—' if pinball['ceiling'] is None else f'{pinball["ceiling"]:.6f}'
+      lines.append(f'  {"":<11} pinball loss: model {pinball["model"]:.6f}, climatology '
+                   f'{pinball["climatology"]:.6f}, ceiling {top}')
+    if row.get('conditioning_spearman') is not None:
+      lines.append(f'  {"":<11} conditioning curve Spearman (target vs realised return): '
+                   f'{row["conditioning_spearman"]:+.2f}')
+  lines.append('  edge: (model - best naive) / (ceiling - best naive); the gain is paired on the '
+               'same windows or days, the best naive chosen on this split (the harshest choice)')
+  return '\n'.join(lines)
