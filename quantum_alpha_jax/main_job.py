@@ -97,6 +97,8 @@ def run(config: ml_collections.ConfigDict, root: str | pathlib.Path,
         export_config.models[name] = str(workdirs[name]) if name in workdirs else ''
     logging.info('Stage 7/%d: export in %s', STAGES, root / export_config.name)
     echo('\n' + export.format_summary(export.run(export_config, root / export_config.name)))
+  summary['yardstick_png'] = str(writers.save_figure(yardstick.plot_yardstick(rows),
+                                                    root / 'yardstick.png'))
   summary['summary_json'] = str(writers.write_json(root / 'summary.json', summary))
   (root / 'summary.md').write_text(f'# Main job\n\n```\n{table}\n```\n')
   echo(f'\n{table}\n\nSummary: {summary["summary_json"]}\nReport: {summary["backtest_report"]}'

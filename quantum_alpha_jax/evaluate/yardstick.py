@@ -77,6 +77,7 @@ def strategist_row(report: Mapping[str, Any], ceiling: Mapping[str, Any] | None,
   row = _row('Strategist', 'total return after fees (mean over symbols)',
              mean(report['strategist']), naive_name, naive, versus, top)
   row['conditioning_spearman'] = report['conditioning_curve'].get('spearman_target_vs_realised')
+  row['gain_in_value_units'] = False  # the gain is in daily log return, the value a total return
   return row
 
 
@@ -90,8 +91,8 @@ def format_yardstick(rows: list[Mapping[str, Any]], ceiling: Mapping[str, Any] |
                  f'{"exact" if ceiling["filter_exact"] else "approximate"})')
   else:
     lines.append('Test split (no ceiling: the store is not synthetic)')
-  lines.append(f'  {"model":<11} {"metric":<46} {"model":>8} {"best naive":>24} '
-               f'{"gain [95% CI, day blocks]":>30} {"ceiling":>8} {"edge":>6}')
+  lines.append(f'  {"model":<11} {"metric":<48} {"value":>7}  {"best naive (this split)":<38} '
+               f'{"gain [95% CI, day blocks]":<34} {"ceiling":>8} {"edge":>6}')
   for row in rows:
     gain = row['gain']
     interval = (f'{gain["difference"]:+.4f} [{gain["low"]:+.4f}, {gain["high"]:+.4f}]'
@@ -100,8 +101,8 @@ def format_yardstick(rows: list[Mapping[str, Any]], ceiling: Mapping[str, Any] |
     ceiling_value = '—' if row['ceiling'] is None else f'{row["ceiling"]:.4f}'
     share = row['share_of_attainable_edge']
     naive = f'{row["best_naive"]} {row["best_naive_value"]:.4f}'
-    lines.append(f'  {row["model"]:<11} {row["metric"]:<46} {row["value"]:>8.4f} {naive:>24} '
-                 f'{interval:>30}{verdict:<6} {ceiling_value:>8} '
+    lines.append(f'  {row["model"]:<11} {row["metric"]:<48} {row["value"]:>7.4f}  {naive:<38} '
+                 f'{interval + verdict:<34} {ceiling_value:>8} '
                  f'{"—" if share is None else f"{share:.0%}":>6}')
     if 'pinball' in row:
       pinball = row['pinball']
@@ -114,3 +115,42 @@ def format_yardstick(rows: list[Mapping[str, Any]], ceiling: Mapping[str, Any] |
   lines.append('  edge: (model - best naive) / (ceiling - best naive); the gain is paired on the '
                'same windows or days, the best naive chosen on this split (the harshest choice)')
   return '\n'.join(lines)
+
+
+def plot_yardstick(rows: list[Mapping[str, Any]]) -> Any:
+  """One panel per model: best naive, model and ceiling as bars, the model's bar annotated with
+  its gain and interval. Returns the matplotlib figure (the caller saves it)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  figure, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.8), squeeze=False)
+  for axis, row in zip(axes[0], rows):
+    names = [f'naive\n({row["best_naive"].replace("_", " ")})', row['model'],
+             'ceiling\n(Bayes filter)']
+    values = [row['best_naive_value'], row['value'],
+              row['ceiling'] if row['ceiling'] is not None else np.nan]
+    colours = ['#9e9e9e', '#1f77b4' if row['beats_best_naive'] else '#d62728', '#2ca02c']
+    axis.bar(range(3), values, color=colours)
+    gain = row['gain']
+    if gain and not row.get('gain_in_value_units', True):
+      axis.annotate(f'{gain["metric"]}\n{gain["difference"]:+.4f} [{gain["low"]:+.4f}, '
+                    f'{gain["high"]:+.4f}]', (1, row['value']), ha='center', va='bottom',
+                    fontsize=7, xytext=(0, 4), textcoords='offset points')
+    elif gain:
+      axis.errorbar(1, row['best_naive_value'] + gain['difference'],
+                    yerr=[[gain['difference'] - gain['low']], [gain['high'] - gain['difference']]],
+                    color='black', capsize=6, linewidth=1.5)
+    axis.set_xticks(range(3), names, fontsize=8)
+    finite = [v for v in values if np.isfinite(v)]
+    low = min(finite + [0.0])
+    axis.set_ylim(low - 0.05 * abs(low), max(finite) * 1.12 if max(finite) > 0 else 0.1)
+    share = row['share_of_attainable_edge']
+    axis.set_title(f'{row["model"]}: {row["metric"]}\n'
+                   + ('edge taken: —' if share is None else f'edge taken: {share:.0%}'),
+                   fontsize=9)
+    axis.grid(axis='y', alpha=0.3)
+  figure.suptitle('Each model beside its best naive baseline and the ceiling (test split; '
+                  'whisker: paired 95% interval of the gain)', fontsize=10)
+  figure.tight_layout()
+  return figure
