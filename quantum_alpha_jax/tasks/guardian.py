@@ -657,7 +657,8 @@ def evaluate(task: GuardianTask, params: Any, split: SplitData, statistics: Mapp
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-          frames: Mapping[str, pd.DataFrame] | None = None) -> tuple[GuardianTask, Any,
+          frames: Mapping[str, pd.DataFrame] | None = None,
+          on_evaluate: Any = None) -> tuple[GuardianTask, Any,
                                                                    dict[str, SplitData],
                                                                    dict[str, Any]]:
   """Trains the Guardian described by ``config`` in ``workdir`` (resuming if it holds a run).
@@ -682,17 +683,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
   result = loop.train_and_evaluate(
       config.train, task, data, workdir, run_config=config.to_dict(),
-      extra_record={'normalizer': normalizer.to_dict(), 'guardian_statistics': statistics})
+      extra_record={'normalizer': normalizer.to_dict(), 'guardian_statistics': statistics},
+      on_evaluate=on_evaluate)
   return task, result, data, statistics
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-        frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-  """:func:`train`, then evaluates the best checkpoint on ``config.evaluation.splits`` (metrics
+        frames: Mapping[str, pd.DataFrame] | None = None,
+        on_evaluate: Any = None) -> dict[str, Any]:
+  """:func:`train` (``on_evaluate``: see ``loop.train_and_evaluate``), then evaluates the best checkpoint on ``config.evaluation.splits`` (metrics
   and PNGs under ``workdir/<split>``) and writes ``results.json``."""
   from quantum_alpha_jax.train import writers  # pylint: disable=g-import-not-at-top
 
-  task, result, data, statistics = train(config, workdir, frames=frames)
+  task, result, data, statistics = train(config, workdir, frames=frames,
+                                         on_evaluate=on_evaluate)
   results = {'model': 'guardian', 'workdir': str(workdir), 'train': result.summary,
              'validation': result.best_metrics, 'training_statistics': statistics}
   for name in config.evaluation.splits:

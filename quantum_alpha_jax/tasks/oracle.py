@@ -444,10 +444,12 @@ def check_architecture(config: ml_collections.ConfigDict, task_type: type[Oracle
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         task_type: type[OracleTask] = OracleTask,
-        frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+        frames: Mapping[str, pd.DataFrame] | None = None,
+        on_evaluate: Any = None) -> dict[str, Any]:
   """Trains the ``task_type`` model described by ``config`` in ``workdir`` (resuming if it holds a
   run), evaluates the best checkpoint on the validation and test splits and writes
-  ``results.json``. ``frames`` (feature frames by symbol) replace the store of ``config.data``."""
+  ``results.json``. ``frames`` (feature frames by symbol) replace the store of ``config.data``;
+  ``on_evaluate(step, metrics)`` follows every validation (``loop.train_and_evaluate``)."""
   from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import loop  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import writers  # pylint: disable=g-import-not-at-top
@@ -460,7 +462,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                                               frames=frames)
   writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
   result = loop.train_and_evaluate(config.train, task, data, workdir, run_config=config.to_dict(),
-                                   extra_record={'normalizer': normalizer.to_dict()})
+                                   extra_record={'normalizer': normalizer.to_dict()},
+                                   on_evaluate=on_evaluate)
   results = {'model': task_type.name, 'workdir': str(workdir), 'train': result.summary,
              'validation': result.best_metrics}
   for name in config.evaluation.splits:

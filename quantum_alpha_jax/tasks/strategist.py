@@ -790,9 +790,11 @@ def make_data(config: ml_collections.ConfigDict, *, normalizer: windows.Normaliz
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-        frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+        frames: Mapping[str, pd.DataFrame] | None = None,
+        on_evaluate: Any = None) -> dict[str, Any]:
   """Trains the Strategist described by ``config`` in ``workdir`` (resuming if it holds a run),
-  evaluates the best checkpoint on ``config.evaluation.splits`` and writes ``results.json``."""
+  evaluates the best checkpoint on ``config.evaluation.splits`` and writes ``results.json``.
+  ``on_evaluate(step, metrics)`` follows every validation (``loop.train_and_evaluate``)."""
   from quantum_alpha_jax.train import loop  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import writers  # pylint: disable=g-import-not-at-top
 
@@ -807,7 +809,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   result = loop.train_and_evaluate(
       config.train, task, data, workdir, run_config=config.to_dict(),
       extra_record={'normalizer': normalizer.to_dict(),
-                    'trajectories': {'initial_return_quantiles': quantiles}})
+                    'trajectories': {'initial_return_quantiles': quantiles}},
+      on_evaluate=on_evaluate)
   results = {'model': 'strategist', 'workdir': str(workdir), 'train': result.summary,
              'validation': result.best_metrics,
              'trajectories': {'summary': trajectory_summary,

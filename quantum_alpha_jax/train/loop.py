@@ -56,6 +56,9 @@ class Task(Protocol):
 
 
 Hook = Callable[[int, state_lib.TrainState], None]
+# Called after each evaluation (and its checkpoint) with the step and the validation metrics; it
+# may raise to stop the run (a sweep's pruner does), leaving that checkpoint to resume from.
+EvaluationCallback = Callable[[int, Mapping[str, float]], None]
 
 
 def train_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -161,10 +164,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
                        data: Mapping[str, SplitData], workdir: str | pathlib.Path, *,
                        run_config: Mapping[str, Any] | None = None,
                        extra_record: Mapping[str, Any] | None = None,
-                       hooks: Sequence[Hook] = ()) -> TrainResult:
+                       hooks: Sequence[Hook] = (),
+                       on_evaluate: EvaluationCallback | None = None) -> TrainResult:
   """Trains ``task`` on ``data['train']``, validating on ``data['validation']``; resumes from
   ``workdir/checkpoints`` when it holds a run of the same ``run_config`` (the whole experiment
-  config, checked so that a resume never mixes two setups)."""
+  config, checked so that a resume never mixes two setups). ``on_evaluate(step, metrics)`` runs
+  after every evaluation's checkpoint."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   for name in ('train', 'validation'):
@@ -278,9 +283,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
         logging.info('step %d: validation %s', step,
                      ', '.join(f'{k}={v:.6g}' for k, v in evaluated.items()))
         interval_start, interval_steps = time.perf_counter(), 0
+        if on_evaluate is not None:
+          on_evaluate(step, evaluated)
       for hook in hooks:
         hook(step, state)
     flush_train_metrics()
+  except BaseException:
+    checkpoints.close()  # waits for a checkpoint in flight before the error leaves
+    raise
   finally:
     progress.close()
     writer.close()
