@@ -93,18 +93,26 @@ def make_storage(config: ml_collections.ConfigDict, url: str):
 
   engine_kwargs = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {
       'pool_pre_ping': True}
-  try:
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=int(config.heartbeat_seconds),
-        grace_period=int(config.grace_seconds),
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=int(config.max_retry), inherit_intermediate_values=False))
-  except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise ConfigError(describe(
-        f'config.storage {masked(url)}', f'cannot be reached ({first[:160]})',
-        'start the database (or fix the URL: postgresql://USER:PASSWORD@HOST:PORT/DB); for one '
-        'machine leave config.storage empty to use SQLite in the workdir')) from None
+  for attempt in range(5):
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=int(config.heartbeat_seconds),
+            grace_period=int(config.grace_seconds),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=int(config.max_retry), inherit_intermediate_values=False))
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+      # Two workers creating the schema at once: the loser finds the tables on its next try.
+      if attempt == 4:
+        raise
+      time.sleep(1.0 + attempt)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
+      first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+      raise ConfigError(describe(
+          f'config.storage {masked(url)}', f'cannot be reached ({first[:160]})',
+          'start the database (or fix the URL: postgresql://USER:PASSWORD@HOST:PORT/DB); for one '
+          'machine leave config.storage empty to use SQLite in the workdir')) from None
 
 
 def _definition(config: ml_collections.ConfigDict, parsed: Mapping[str, tuple]) -> dict[str, str]:
@@ -228,7 +236,9 @@ def run_worker(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
   callbacks = [on_trial] if on_trial else []
   target = int(config.num_trials)
   while True:
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+      optuna.storages.fail_stale_trials(study)
     states = counts(study)
     finished = sum(states.get(name, 0) for name in FINISHED)
     waiting, running = states.get('WAITING', 0), states.get('RUNNING', 0)
