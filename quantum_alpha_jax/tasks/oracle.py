@@ -432,6 +432,29 @@ def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, 
 # The experiment: data → train → best checkpoint → test evaluation → results.json.
 
 
+# The headline numbers of an :func:`evaluate` report, per member of a population.
+POPULATION_METRICS = ('pinball_loss', 'pinball_loss_vs_zero_return', 'q_risk_p90', 'mae', 'rmse',
+                      'direction_accuracy.accuracy', 'interval.coverage',
+                      'direction_accuracy_non_overlapping.oracle.accuracy',
+                      'versus_best_baseline.difference')
+
+
+def evaluate_population(task: OracleTask, stacked_params: Any, first_report: Mapping[str, Any],
+                        split: SplitData, train: SplitData, directory: Any, *,
+                        max_windows: int = 0) -> dict[str, Any]:
+  """Every member of a population (``stacked_params``, leading axis K) evaluated on ``split``:
+  :data:`POPULATION_METRICS` per member, their mean and 95% interval (``first_report`` is member
+  0's :func:`evaluate` report; the others write their plots under ``directory/member_<k>``)."""
+  from quantum_alpha_jax.train import population  # pylint: disable=g-import-not-at-top
+
+  count = int(jax.tree.leaves(stacked_params)[0].shape[0])
+  reports = [first_report] + [
+      evaluate(task, population.member(stacked_params, k), split, train,
+               pathlib.Path(directory) / f'member_{k}', max_windows=max_windows, fan_windows=1,
+               progress=False) for k in range(1, count)]
+  return population.summarize([population.numbers(r, POPULATION_METRICS) for r in reports])
+
+
 def check_architecture(config: ml_collections.ConfigDict, task_type: type[OracleTask],
                        where: str = 'config') -> None:
   """A :class:`ConfigError` unless ``config.model.architecture`` (absent: 'tft') is the task's."""
@@ -466,6 +489,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                                    on_evaluate=on_evaluate)
   results = {'model': task_type.name, 'workdir': str(workdir), 'train': result.summary,
              'validation': result.best_metrics}
+  if result.population is not None:
+    results['population'] = {**result.population, 'reports_are_of_member': 0}
   for name in config.evaluation.splits:
     if name not in data:
       raise ConfigError(describe('config.evaluation.splits', f'no split {name!r}',
@@ -473,6 +498,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     results[name] = evaluate(task, result.params, data[name], data['train'], workdir / name,
                              max_windows=config.evaluation.max_windows,
                              fan_windows=config.evaluation.fan_windows)
+    if result.population is not None:
+      results['population'][name] = evaluate_population(
+          task, result.population_params, results[name], data[name], data['train'],
+          workdir / name, max_windows=config.evaluation.max_windows)
   results['config'] = config.to_dict()
   results['results_json'] = str(writers.write_results(workdir, results))
   return results

@@ -148,6 +148,10 @@ def load_best(workdir: str | pathlib.Path) -> tuple[Any, dict[str, Any]]:
   if 'config' not in record:
     raise CheckpointError(describe(str(workdir), 'the checkpoint record holds no config',
                                    'pass the workdir of a run of the shared trainer'))
+  train = record['config'].get('train', record['config'])  # an experiment's or a bare train config
+  if int(train.get('population', 1) or 1) > 1:
+    # A population (train/population.py) saves K stacked members: member 0 has the config's seed.
+    params = jax.tree.map(lambda leaf: leaf[0], params)
   return params, record
 
 

@@ -36,6 +36,7 @@ from quantum_alpha_jax.data.windows import make_iterator
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.progress import Progress
 from quantum_alpha_jax.train import checkpoint as checkpoint_lib
+from quantum_alpha_jax.train import population as population_lib
 from quantum_alpha_jax.train import state as state_lib
 from quantum_alpha_jax.train import step as step_lib
 from quantum_alpha_jax.train import writers
@@ -43,6 +44,9 @@ from quantum_alpha_jax.train import writers
 # Config keys that may change between a killed run and its resume without changing the result.
 RESUMABLE_CHANGES = ('log_every_steps', 'log_every_updates', 'num_workers',
                      'progress_interval_seconds')
+# Keys added after runs were saved without them: absent from a saved config = this default.
+ADDED_DEFAULTS = {'population': 1, 'population_learning_rates': [],
+                  'population_learning_rate_spread': 0.0}
 
 
 class Task(Protocol):
@@ -82,6 +86,9 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
       'num_devices': 0,  # 0: every device
       'num_workers': 0,  # Grain worker processes for the training batches
       'progress_interval_seconds': 10.0,
+      'population': 1,  # K > 1: K members (seeds seed..seed+K-1) in one vmapped step (population.py)
+      'population_learning_rates': (),  # one peak rate per member; () = optimizer.learning_rate
+      'population_learning_rate_spread': 0.0,  # > 0: K rates log-spaced over this many decades
       'optimizer': state_lib.optimizer_config(),
   })
   config.update(overrides)
@@ -97,6 +104,10 @@ class TrainResult:
   best_metrics: dict[str, float]
   summary: dict[str, Any]
   state: state_lib.TrainState
+  # A population (config.population = K > 1): ``params`` is member 0's (the config's own seed),
+  # ``population_params`` all K stacked on a leading axis; the validation block per member.
+  population_params: Any = None
+  population: dict[str, Any] | None = None
 
 
 def evaluation_anchors(split: SplitData, max_batches: int, batch_size: int,
@@ -113,7 +124,9 @@ def evaluate(eval_step: Callable[..., Any], params: Any, split: SplitData,
              mesh: jax.sharding.Mesh, max_batches: int = 0, *,
              batch_size: int | None = None, seed: int = 0) -> dict[str, float]:
   """Exact means of the task metrics over ``split`` (padding rows masked), or over the fixed
-  subset of ``max_batches`` global batches of :func:`evaluation_anchors`.
+  subset of ``max_batches`` global batches of :func:`evaluation_anchors`. For a population's
+  ``eval_step``: the members' mean and 95% interval, and the per-member block as ``'members'``
+  (:func:`population.mean_metrics`).
 
   With several processes, each feeds every ``process_count``-th of those windows in global batches
   of ``batch_size`` (default: the split's batch); the means are the same.
@@ -127,7 +140,7 @@ def evaluate(eval_step: Callable[..., Any], params: Any, split: SplitData,
   sums = []
   for batch in make_iterator(dataset):
     sums.append(eval_step(params, step_lib.shard_batch(batch, mesh)))
-  return step_lib.mean_metrics(jax.device_get(sums))
+  return population_lib.mean_metrics(jax.device_get(sums))
 
 
 def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -149,6 +162,8 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
     a, b = saved.get(key), current.get(key)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
       differences += config_differences(a, b, name + '.')
+    elif key not in saved and key in ADDED_DEFAULTS and b in (ADDED_DEFAULTS[key], ()):
+      continue
     elif a != b and key not in RESUMABLE_CHANGES:
       differences.append(f'{name}: {a!r} → {b!r}')
   return differences
@@ -182,15 +197,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
   total_steps = _total_steps(config, train.steps_per_epoch)
   eval_every = int(config.eval_every_steps) or train.steps_per_epoch
   optimizer, schedule = state_lib.make_optimizer(config.optimizer, total_steps)
+  population = population_lib.size(config)
+  if population > 1 and population_lib.learning_rates(config) is not None:
+    optimizer = population_lib.with_learning_rate_multiplier(optimizer)
   run_config = json.loads(json.dumps(dict(run_config or config.to_dict()), default=str))
 
   # Params from one example batch read straight from the source: the iterator stays untouched.
   example = train.source.gather(train.source.anchors[:max(1, jax.local_device_count())])
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = task.init_params(init_rng, example)
-  state = state_lib.TrainState.create(params, optimizer, train_rng)
+  if population > 1:
+    state = population_lib.create_state(config, lambda rng: task.init_params(rng, example),
+                                        optimizer)
+  else:
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = task.init_params(init_rng, example)
+    state = state_lib.TrainState.create(params, optimizer, train_rng)
   state = step_lib.replicate(state, mesh)
-  num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
+  num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params))) // population
 
   checkpoints = checkpoint_lib.Checkpoints(
       workdir / 'checkpoints', keep=config.keep_checkpoints, keep_best=1,
@@ -221,8 +243,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
     logging.info('Resumed from %s at step %d', workdir / 'checkpoints', resume_step)
   writer = writers.MetricWriter(workdir, resume_step=resume_step)
   train_step = step_lib.make_train_step(task.loss_fn, optimizer, schedule, mesh, dtype=dtype,
-                                        accumulation_steps=config.accumulation_steps)
-  eval_step = step_lib.make_eval_step(task.loss_fn, mesh, dtype=dtype)
+                                        accumulation_steps=config.accumulation_steps,
+                                        population=population)
+  eval_step = step_lib.make_eval_step(task.loss_fn, mesh, dtype=dtype, population=population)
 
   step = int(record['step'])
   progress = Progress(total=total_steps - step, description=f'train (from step {step})',
@@ -242,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
     elapsed = max(time.perf_counter() - interval_start, 1e-9)
     means = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
     means.pop('finite', None)
-    means['learning_rate'] = float(fetched[-1]['learning_rate'])
+    means['learning_rate'] = float(np.mean(fetched[-1]['learning_rate']))  # population: mean
     means['steps_per_second'] = interval_steps / elapsed
     means['samples_per_second'] = interval_steps * config.batch_size / elapsed
     means['epoch'] = pending[-1][0] / train.steps_per_epoch
@@ -265,11 +288,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
         flush_train_metrics()
         evaluated = evaluate(eval_step, state.params, validation, mesh, config.max_eval_batches,
                              batch_size=config.batch_size, seed=config.seed)
+        members = evaluated.pop('members', None)  # a population's per-member block
         writer.write(step, 'validation', evaluated)
         value = evaluated[config.validation_metric]
         if _improved(value, (record['best_metrics'] or {}).get(config.validation_metric),
                      config.validation_mode, config.min_delta):
           record['best_step'], record['best_metrics'] = step, evaluated
+          if members is not None:
+            record['best_population'] = members
           record['evaluations_without_improvement'] = 0
         else:
           record['evaluations_without_improvement'] += 1
@@ -280,8 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
         record['step'] = step
         record['train_seconds'] = time.perf_counter() - run_start
         checkpoints.save(step, state, iterator, writers.json_ready(record), metrics=evaluated)
-        logging.info('step %d: validation %s', step,
-                     ', '.join(f'{k}={v:.6g}' for k, v in evaluated.items()))
+        logging.info('step %d: validation %s', step, population_lib.format_metrics(evaluated))
         interval_start, interval_steps = time.perf_counter(), 0
         if on_evaluate is not None:
           on_evaluate(step, evaluated)
@@ -314,9 +339,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
       'windows': {name: split.num_windows for name, split in data.items()},
       'validation_subset': subset,
   }
+  population_params, population_block = None, None
+  if population > 1:
+    population_params = distributed.process_local(best_state.params)
+    population_block = {'seeds': population_lib.seeds(config),
+                        'learning_rates': population_lib.learning_rates(config),
+                        'validation': record.get('best_population')}
+    summary['population'] = {'size': population, **population_block}
   # With several processes the params leave as a copy local to each process: work after training
   # (evaluation, plots, export) must not start collectives that other processes never join.
-  return TrainResult(params=distributed.process_local(best_state.params), best_step=best_step,
+  params = distributed.process_local(best_state.params)
+  if population > 1:
+    params = population_lib.member(population_params, 0)
+  return TrainResult(params=params, best_step=best_step,
                      best_metrics=dict(record['best_metrics'] or {}), summary=summary,
-                     state=state)
+                     state=state, population_params=population_params,
+                     population=population_block)
 

@@ -100,10 +100,15 @@ def _batch_weight(batch: Mapping[str, jax.Array]) -> jax.Array:
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], mesh: jax.sharding.Mesh, *,
-                    dtype: jnp.dtype = jnp.float32, accumulation_steps: int = 1
+                    dtype: jnp.dtype = jnp.float32, accumulation_steps: int = 1,
+                    population: int = 1
                     ) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                   tuple[TrainState, dict[str, jax.Array]]]:
   """``step(state, batch) -> (state, metrics)``, jitted with the state donated.
+
+  With ``population = K > 1`` the state is K-stacked (:mod:`quantum_alpha_jax.train.population`):
+  the step is ``jax.vmap`` of the single-run step over the state, with the batch shared by every
+  member, and each metric is a ``[K]`` array.
 
   With ``accumulation_steps = k`` the batch is split into k micro-batches whose gradients are
   averaged before one optimizer update (same result as one big batch, a k-th of the activations).
@@ -154,20 +159,27 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
                               opt_state=keep(opt_state, state.opt_state))
-    metrics = {**metrics, 'loss': loss, 'grad_norm': grad_norm,
-               'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
+    learning_rate = jnp.asarray(schedule(state.step), jnp.float32)
+    multiplier = _learning_rate_multiplier(state.opt_state)
+    if multiplier is not None:
+      learning_rate = learning_rate * multiplier
+    metrics = {**metrics, 'loss': loss, 'grad_norm': grad_norm, 'learning_rate': learning_rate,
                'finite': finite.astype(jnp.float32)}
     return new_state, metrics
 
+  if population > 1:
+    step = jax.vmap(step, in_axes=(0, None))
   state_sharding, data_sharding = replicated(mesh), batch_sharding(mesh)
   return jax.jit(step, in_shardings=(state_sharding, data_sharding),
                  out_shardings=(state_sharding, state_sharding), donate_argnums=(0,))
 
 
-def make_eval_step(loss_fn: LossFn, mesh: jax.sharding.Mesh, *, dtype: jnp.dtype = jnp.float32
+def make_eval_step(loss_fn: LossFn, mesh: jax.sharding.Mesh, *, dtype: jnp.dtype = jnp.float32,
+                   population: int = 1
                    ) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
   """``eval_step(params, batch) -> sums``: each metric times the batch's real-item count, and
-  ``count``. Summing over batches and dividing by the total count gives exact split means."""
+  ``count``. Summing over batches and dividing by the total count gives exact split means.
+  With ``population = K > 1`` the params are K-stacked and every sum is a ``[K]`` array."""
 
   def step(params, batch):
     loss, metrics = loss_fn(cast_floating(params, dtype), cast_floating(batch, dtype), None)
@@ -177,16 +189,31 @@ def make_eval_step(loss_fn: LossFn, mesh: jax.sharding.Mesh, *, dtype: jnp.dtype
     sums['count'] = weight
     return sums
 
+  if population > 1:
+    step = jax.vmap(step, in_axes=(0, None))
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                  out_shardings=replicated(mesh))
 
 
+def _learning_rate_multiplier(opt_state: Any) -> jax.Array | None:
+  """A population member's learning-rate multiplier (``population.with_learning_rate_multiplier``:
+  the last link of the chain is an injected ``optax.scale``), or ``None``."""
+  if isinstance(opt_state, tuple) and opt_state and hasattr(opt_state[-1], 'hyperparams'):
+    return opt_state[-1].hyperparams.get('step_size')
+  return None
+
+
+def _number(value: Any) -> Any:
+  return float(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
+
+
 def check_finite(metrics: Mapping[str, Any], step: int) -> None:
-  """Raises :class:`NonFiniteLossError` naming ``step`` if the step's loss or gradient was not finite."""
-  if float(metrics['finite']) < 1:
+  """Raises :class:`NonFiniteLossError` naming ``step`` if the step's loss or gradient was not
+  finite (for a population: of any member; the values are then listed per member)."""
+  if float(np.min(metrics['finite'])) < 1:
     raise NonFiniteLossError(describe(
-        f'train step {step}', f'loss {float(metrics["loss"])} / gradient norm '
-        f'{float(metrics["grad_norm"])} is not finite; the update was skipped and the last '
+        f'train step {step}', f'loss {_number(metrics["loss"])} / gradient norm '
+        f'{_number(metrics["grad_norm"])} is not finite; the update was skipped and the last '
         'checkpoint is intact',
         'lower optimizer.learning_rate or clip_norm, try compute_dtype=float32, or check the batch '
         'for NaN features'))
