@@ -185,8 +185,10 @@ def test_a_real_study_prunes_finishes_and_scores_the_best_trial_on_test_once(tmp
                                                               registered['version'])
   assert metadata['extra']['study'] == 'sweep-task' and metadata['extra']['trial'] == best['number']
   # Finalising again neither scores test again nor registers a second version.
+  scored = (tmp_path / 'best_test' / 'results.json').stat().st_mtime_ns
   again = report.finalise(config, result, tmp_path)
   assert again['best']['registered'] == registered and again['best']['test'] == best['test']
+  assert (tmp_path / 'best_test' / 'results.json').stat().st_mtime_ns == scored
   assert 'Deflated' not in report.format_summary(summary)
 
 
@@ -280,3 +282,29 @@ def test_two_workers_share_a_postgres_study_and_one_is_killed_mid_trial(tmp_path
   _check_no_trial_lost_or_run_twice(trials, num_trials, tmp_path / 'trial_1')
   survivor = outputs[[w.returncode for w in workers].index(0)]
   assert 'Resumed from' in survivor[1]
+
+
+def test_a_sharpe_objective_reports_the_deflated_sharpe_beside_the_raw_figure(tmp_path):
+  config = _config(objective='validation.strategist.BTCUSDT.sharpe', direction='maximize')
+  study = optuna.create_study(direction='maximize', study_name=config.study_name)
+  study.set_user_attr('space', '{}')
+  sharpes = [0.5, 1.5, -0.2, 2.4, 0.9]
+  for number, sharpe in enumerate(sharpes):
+    workdir = tmp_path / f'trial_{number}'
+    workdir.mkdir()
+    stats = {'sharpe': sharpe, 'bars': 5001, 'bars_per_year': 105120.0, 'skewness': -0.5,
+             'kurtosis': 6.0}
+    (workdir / 'results.json').write_text(json.dumps({'validation': {
+        'strategist': {'BTCUSDT': stats}}}))
+    study.add_trial(optuna.create_trial(
+        value=sharpe, params={'x': float(number)},
+        distributions={'x': optuna.distributions.FloatDistribution(0, 10)},
+        user_attrs={'workdir': str(workdir), 'runs_trial': number}))
+  summary = report.finalise(config, study, tmp_path, evaluate_test=False, register=False)
+  dsr = summary['best']['deflated_sharpe']
+  per_bar = np.asarray(sharpes) / math.sqrt(105120.0)
+  expected = deflated_sharpe.deflated_sharpe(per_bar.max(), list(per_bar), 5001, -0.5, 6.0)
+  assert dsr['raw_sharpe_annualised'] == 2.4 and dsr['moments'] == 'report'
+  assert dsr['deflated_sharpe_ratio'] == pytest.approx(expected['deflated_sharpe_ratio'])
+  assert dsr['trials'] == 5 and 0 < dsr['deflated_sharpe_ratio'] < 1
+  assert 'Deflated Sharpe Ratio' in report.format_summary(summary)
