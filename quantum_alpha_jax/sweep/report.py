@@ -41,7 +41,7 @@ def print_trial(study: Any, trial: Any) -> None:
   print(trial_row(trial), flush=True)
 
 
-def _plots(study: Any, workdir: pathlib.Path) -> dict[str, str]:
+def _plots(study: Any, workdir: pathlib.Path) -> tuple[dict[str, str], dict[str, float]]:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -49,19 +49,28 @@ def _plots(study: Any, workdir: pathlib.Path) -> dict[str, str]:
 
   done = [t for t in study.get_trials(deepcopy=False) if t.state.name == 'COMPLETE']
   paths = {}
-  figure, axis = plt.subplots(figsize=(7, 4))
+  figure, (axis, curves) = plt.subplots(1, 2, figsize=(11, 4))
   values = [t.value for t in done]
   best = (min if study.direction.name == 'MINIMIZE' else max)
   axis.plot([t.number for t in done], values, 'o', label='complete trial')
   axis.plot([t.number for t in done], [best(values[:i + 1]) for i in range(len(values))], '-',
             label='best so far')
-  for t in study.get_trials(deepcopy=False):
-    if t.state.name == 'PRUNED' and t.intermediate_values:
-      axis.plot(t.number, t.intermediate_values[t.last_step], 'x', color='grey')
   axis.set_xlabel('trial')
   axis.set_ylabel(study.user_attrs.get('objective', 'objective'))
-  axis.set_title('Optimisation history (x: pruned, last reported value)')
+  axis.set_title('Optimisation history (objective)')
   axis.legend()
+  # The values reported to the pruner (the training loop's validation metric, in the study's
+  # direction): another quantity than the objective, so on its own axes.
+  for t in study.get_trials(deepcopy=False):
+    if t.intermediate_values:
+      steps = sorted(t.intermediate_values)
+      curves.plot(steps, [t.intermediate_values[k] for k in steps],
+                  '--x' if t.state.name == 'PRUNED' else '-o', markersize=4,
+                  label=f'{t.number} {t.state.name.lower()}')
+  curves.set_xlabel('step')
+  curves.set_ylabel('value reported to the pruner')
+  curves.set_title('Intermediate values (dashed: pruned)')
+  curves.legend(fontsize=7)
   figure.tight_layout()
   paths['history'] = str(workdir / 'optimization_history.png')
   figure.savefig(paths['history'], dpi=100)
