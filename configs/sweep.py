@@ -5,8 +5,10 @@
 - quick:   6 trials of the quick Oracle at a few dozen steps over learning rate and hidden size,
            median pruning after 2 trials; minutes on a CPU.
 
-Another model: --config.model=guardian --config.objective=validation.guardian.balanced_accuracy
---config.direction=maximize, with a space over configs/guardian.py's keys.
+Another model: --config.model=guardian --config.direction=maximize and a space over
+configs/guardian.py's keys, with --config.objective=validation.guardian.recall_macro (the balanced
+accuracy over the regimes); the Strategist: validation.imitation.strategist.balanced_accuracy, or
+validation.strategist.BTCUSDT.sharpe (after fees), which also reports the Deflated Sharpe Ratio.
 """
 
 import ml_collections
@@ -25,7 +27,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.storage = ''  # empty: sqlite:///<workdir>/study.db; many hosts: postgresql://...
   config.num_trials = 50  # complete or pruned trials over all workers
   # A validation entry of the run's results.json (never test): e.g. validation.pinball_loss,
-  # validation.guardian.balanced_accuracy, validation.strategist.BTCUSDT.sharpe.
+  # validation.guardian.recall_macro, validation.strategist.BTCUSDT.sharpe.
   config.objective = 'validation.pinball_loss'
   config.direction = 'minimize'
   # Reported to the pruner at every evaluation: a validation metric of train.loop ('' = the model's

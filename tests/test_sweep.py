@@ -308,3 +308,14 @@ def test_a_sharpe_objective_reports_the_deflated_sharpe_beside_the_raw_figure(tm
   assert dsr['deflated_sharpe_ratio'] == pytest.approx(expected['deflated_sharpe_ratio'])
   assert dsr['trials'] == 5 and 0 < dsr['deflated_sharpe_ratio'] < 1
   assert 'Deflated Sharpe Ratio' in report.format_summary(summary)
+
+
+def test_trading_stats_carry_the_return_moments_the_deflated_sharpe_reads():
+  from quantum_alpha_jax.evaluate import trading  # pylint: disable=g-import-not-at-top
+  returns = np.random.default_rng(1).standard_t(4, size=400) * 0.01
+  equity = 100 * np.cumprod(np.concatenate([[1.0], 1 + returns]))
+  result = trading.trading_stats(equity, np.ones_like(equity), bars_per_year=105120)
+  assert result['skewness'] == pytest.approx(stats.skew(returns), rel=1e-9)
+  assert result['kurtosis'] == pytest.approx(stats.kurtosis(returns, fisher=False), rel=1e-9)
+  flat = trading.trading_stats(np.full(10, 100.0), np.zeros(10))
+  assert flat['skewness'] is None and flat['kurtosis'] is None

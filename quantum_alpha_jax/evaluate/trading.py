@@ -27,6 +27,8 @@ Conventions, so that the numbers can be checked by hand:
   ``(1 + rf) ** (1 / bars_per_year) - 1`` and subtracted from every bar return for Sharpe and
   Sortino (volatility stays that of the raw returns);
 - Sortino divides by the downside deviation ``sqrt(mean(min(excess, 0) ** 2))`` over all bars;
+- ``skewness`` and ``kurtosis`` (non-excess: 3 for a normal) are the bar returns' population
+  moments, as the Deflated Sharpe Ratio takes them (``None`` for flat equity);
 - the annualised return is geometric over the elapsed years:
   ``(equity[-1] / equity[0]) ** (1 / years) - 1``; turnover per year is the summed
   ``|change of position|`` over ``years``;
@@ -178,6 +180,11 @@ def trading_stats(equity, positions, *, bars_per_year: float | None = None, trad
     sortino = excess.mean() / downside * math.sqrt(bars_per_year)
   else:
     sortino = 0.0 if excess.mean() <= 0 or volatility == 0 else None
+  spread = returns.std() if bars > 1 else 0.0
+  skewness = kurtosis = None
+  if spread > 0:
+    standardised = (returns - returns.mean()) / spread
+    skewness, kurtosis = float(np.mean(standardised ** 3)), float(np.mean(standardised ** 4))
   drawdowns = drawdown(equity)
   max_drawdown = float(drawdowns.max())
   duration_bars, peak_bar, end_bar = max_drawdown_duration(equity)
@@ -199,6 +206,8 @@ def trading_stats(equity, positions, *, bars_per_year: float | None = None, trad
       'annual_volatility': float(volatility * math.sqrt(bars_per_year)),
       'sharpe': _finite_or_none(sharpe),
       'sortino': _finite_or_none(sortino),
+      'skewness': skewness,
+      'kurtosis': kurtosis,
       'calmar': (_finite_or_none(annual_return / max_drawdown)
                  if max_drawdown > 0 and math.isfinite(annual_return) else None),
       'max_drawdown': max_drawdown,

@@ -552,7 +552,9 @@ def backtest_positions(task: StrategistTask, arrays: windows.WindowArrays, rows:
 
 
 _STATS = ('total_return', 'sharpe', 'max_drawdown', 'win_rate', 'profit_factor', 'trades',
-          'exposure', 'annual_return', 'fees_paid')
+          'exposure', 'annual_return', 'fees_paid',
+          # What a sweep's Deflated Sharpe Ratio reads beside the Sharpe (sweep/report.py).
+          'bars', 'bars_per_year', 'skewness', 'kurtosis')
 
 
 def _stats(result_stats: Mapping[str, Any]) -> dict[str, Any]:
