@@ -2,7 +2,10 @@
 
 - default: the seed's best config on the embedded synthetic market (6 years): context 90 (= the
   episode length, 7.5 hours of 5-minute bars), hidden 256, 6 layers, 8 heads, dropout 0.1, lr 1e-4,
-  batch 128, 200 epochs, reward scale 1.0, rtg scale 1000, discount 0.99.
+  batch 128, 200 epochs, reward scale 1.0, rtg scale 1000, discount 0.99. Behaviours and tokens
+  (issue 14): causal rules only (trend, four momentum rules, mean reversion, random), at full size,
+  deviating at random and recovering; each episode's return token is its behaviour's mean training
+  return, and the rollout asks for the best (the 0.99 quantile).
 - quick:   a tiny Decision Transformer on four synthetic weeks; trains in seconds on a CPU.
 - real:    the default model on the real BTC/ETH store (../shared/data); validation 2023-H1,
            test 2023-H2.
@@ -28,6 +31,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       # Dropout on the attention weights costs ~30% of a CPU step (random bits per score): off.
       'attention_dropout_rate': 0.0})
   config.size_loss_weight = 1.0
+  # Cross-entropy weight of each action (hold, buy, sell): trades are rare, holds dominate.
+  config.action_weights = (1.0, 1.0, 1.0)
   # data/trajectories.py: how episodes are cut, acted and scored.
   config.trajectories = ml_collections.ConfigDict({
       'stride': 8,  # bars between training episode starts (each start gets one behaviour)
@@ -36,10 +41,20 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       'reward_scale': 1.0,
       'rtg_scale': 1000.0,  # return tokens in units of 0.1%
       'allow_short': False,
-      'policies': ('oracle', 'trend', 'mean_reversion', 'random'),
-      'policy_weights': (4.0, 1.0, 1.0, 1.0),
+      # Causal behaviours only, spanning ruinous (3-bar momentum, mean reversion, random) to the
+      # best rules: the hindsight oracle's actions depend on the next bars, so a causal model
+      # cannot imitate them and, where its episodes fill the high returns, learns to hold.
+      'policies': ('trend', 'mean_reversion', 'random', 'momentum'),
+      'policy_weights': (1.0, 1.0, 1.0, 4.0),
       'oracle_noise': (0.0, 0.5, 1.0, 2.0),
-      'sizes': (0.25, 0.5, 0.75, 1.0),
+      'momentum_rules': ((3, 0.0), (12, 0.5), (60, 0.5), (60, 1.0)),
+      'rule_noise': 0.05,  # the rules deviate at random and recover (data/trajectories.py)
+      # Tokens: each behaviour's mean training return, not the episode's luck (data/trajectories.py:
+      # conditioned on realised returns-to-go the model ignores the state and holds).
+      'condition_on': 'behaviour',
+      # Full size, as the baselines trade: random sizes, unrelated to anything, only teach the size
+      # head their mean (the Strategist then held ~0.65 of equity).
+      'sizes': (1.0,),
       'initial_flat_probability': 0.5,
       'fee_rate': 0.001,
       'slippage_bps': 1.0,
@@ -53,8 +68,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                                 warmup_steps=1000, clip_norm=0.25)
   config.evaluation = ml_collections.ConfigDict({
       'splits': ('test',),
-      # The rollout is conditioned on this quantile of the training episodes' first return-to-go.
-      'target_quantile': 0.9,
+      # The rollout is conditioned on this quantile of the training episodes' return tokens (0.99:
+      # the best behaviour's mean return, with condition_on='behaviour').
+      'target_quantile': 0.99,
       'conditioning_quantiles': (0.25, 0.5, 0.75, 0.9, 0.99),  # the realised-vs-target curve
       'curve_max_bars': 0,  # 0: the whole split for the curve too; else each symbol's first bars
       'batch_size': 64,  # rollout items per jitted batch

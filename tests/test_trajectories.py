@@ -6,6 +6,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from quantum_alpha_jax.data import features
@@ -114,6 +115,51 @@ def test_heuristics_are_causal():
     assert base.min() >= 0 and base.max() <= 1
 
 
+def test_momentum_rules_match_pandas_and_their_actions_are_canonical(market):
+  frame = market['BTCUSDT'].iloc[300:900].reset_index(drop=True)
+  raw = frame[list(features.FEATURES)].to_numpy(np.float64)
+  for bars, threshold in ((3, 0.0), (12, 0.5), (60, 1.0)):
+    scale = threshold * frame['volatility_240'] * np.sqrt(bars)
+    events = np.where(frame[f'returns_{bars}'] > scale, 1.0,
+                      np.where(frame[f'returns_{bars}'] < -scale, 0.0, np.nan))
+    expected = pd.Series(events).ffill().fillna(0.0).to_numpy()
+    levels = tr.momentum_levels(raw[None], np.zeros(1), False, bars, threshold)[0]
+    np.testing.assert_array_equal(levels, expected)
+    assert 0 < levels.mean() < 1
+    # The rule's action from the position it holds is the canonical action of its own path.
+    held = np.r_[0.0, levels[:-1]]
+    np.testing.assert_array_equal(
+        tr.rule_actions('momentum', raw, held, False, (bars, threshold)),
+        tr.actions_from_positions(levels)[0])
+
+
+def test_behaviour_conditioning_gives_each_episode_its_behaviours_mean_training_return(
+    market, tmp_path):
+  spec = tr.TrajectorySpec(episode_length=12, stride=3, policies=('trend', 'random', 'momentum'),
+                           policy_weights=(1.0, 1.0, 2.0), momentum_rules=((3, 0.0), (60, 1.0)),
+                           rule_noise=0.05, condition_on='behaviour')
+  splits = [windows.Split('train', '2024-01-01', '2024-01-06'),
+            windows.Split('validation', '2024-01-06', '2024-01-09')]
+  data, _ = tr.make_datasets(market, spec, splits, 32, tmp_path, num_devices=1, shard_index=0,
+                             shard_count=1)
+  train = data['train'].source.episodes
+  means = pd.Series(train['returns_to_go'][:, 0].astype(np.float64)).groupby(
+      [train['behaviour'], train['size']]).mean()
+  assert len(means) == len(spec.behaviours) * len(spec.sizes) == 16
+  for split in data.values():
+    source = split.source
+    batch = source.gather(np.arange(len(source)))
+    # The same token at every step: the mean first return-to-go of the episode's behaviour at its
+    # size, on the TRAINING split.
+    size = source.episodes['size']
+    assert set(np.unique(size)) <= set(np.float32(spec.sizes))
+    expected = spec.rtg_scale * means.loc[list(zip(batch['behaviour'], size))].to_numpy()
+    np.testing.assert_allclose(batch['rtg'], np.repeat(expected[:, None], 12, 1), rtol=1e-5,
+                               atol=1e-6)
+  quantiles = tr.initial_return_quantiles(data['train'].source)
+  assert quantiles['max'] == pytest.approx(means.max(), rel=1e-5)
+
+
 def test_episodes_stay_in_one_segment_and_split_and_score_consistently(datasets):
   spec, data, _ = datasets
   for name, split in data.items():
@@ -171,7 +217,12 @@ def test_bad_trajectory_settings_are_config_errors():
   with pytest.raises(ConfigError, match='discount'):
     tr.TrajectorySpec(episode_length=10, discount=1.5)
   with pytest.raises(ConfigError, match='policies'):
-    tr.TrajectorySpec(episode_length=10, policies=('oracle', 'momentum'), policy_weights=(1, 1))
+    tr.TrajectorySpec(episode_length=10, policies=('oracle', 'breakout'), policy_weights=(1, 1))
+  with pytest.raises(ConfigError, match='momentum_rules'):
+    tr.TrajectorySpec(episode_length=10, policies=('momentum',), policy_weights=(1,),
+                      momentum_rules=((5, 1.0),))
+  with pytest.raises(ConfigError, match='condition_on'):
+    tr.TrajectorySpec(episode_length=10, condition_on='luck')
   with pytest.raises(ConfigError, match='policy_weights'):
     tr.TrajectorySpec(episode_length=10, policy_weights=(1.0,))
   with pytest.raises(ConfigError, match='sizes'):

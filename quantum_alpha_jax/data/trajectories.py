@@ -22,7 +22,15 @@ after (``r+L``, which pays the last decision). Step ``t`` decides at the CLOSE o
   bar ``r+t+1`` paying the fee (0.1%) and slippage on the traded notional, weights drift between
   changes). ``Σ ρ_t`` is the episode's log-return after costs.
 - returns-to-go ``R_t = Σ_{j=t}^{L-1} γ^{j-t} ρ_j`` (γ = ``discount``); the model's return token is
-  ``rtg_scale · R_t`` (1000: units of 0.1%, so a 1% episode is 10).
+  ``rtg_scale · R_t`` (1000: units of 0.1%, so a 1% episode is 10). With ``condition_on='behaviour'`` the
+  token is instead ``rtg_scale`` times the mean ``R_0`` of the episode's behaviour over the training
+  split, the same at every step (:func:`behaviour_means`). Why: on a market, an episode's realised
+  return is mostly luck, and a realised return-to-go encodes the future position (a high ``R_t``
+  means "stay long", ``R_t = 0`` means "stay flat") whatever the state says, so a model conditioned
+  on it learns to hold and ignores the state (the Strategist then acts like a late buy-and-hold).
+  A behaviour's mean return says how good a behaviour is, not how lucky an episode was ("You Can't
+  Count on Luck", Paster et al., 2022), so a high target selects the best behaviour's rule, which
+  reads the state.
 
 The initial position ``p_{-1}`` is flat with probability ``initial_flat_probability``, else the
 episode's size (long, or short with ``allow_short``); it is bought at the open of bar ``r`` from
@@ -38,12 +46,19 @@ mean-reversion positions are levels in {-1, 0, 1} times the episode's size from 
   ``Σ_t ℓ_t g̃_t - cost · Σ_t |ℓ_t - ℓ_{t-1}|`` by dynamic programming, ``cost`` = fee + slippage.
 - ``trend``: long while ``EMA_12 > EMA_26`` and ``close > SMA_50``; out (or short) while both say
   down; otherwise keep.
+- ``momentum``: one behaviour per ``(k, z)`` of ``momentum_rules``: long while the trailing
+  ``k``-bar return exceeds ``z · volatility_240 · sqrt(k)``, out (or short) below minus that,
+  otherwise keep. Look-backs 3, 12 and 60 span returns from ruinous (3 bars: fees on noise) to the
+  best rules, so a return target has causal behaviours to choose between.
 - ``mean_reversion``: long when ``RSI_14 < 30``; out (or short) when ``RSI_14 > 70``; flat again
   once ``45 <= RSI_14 <= 55``; otherwise keep.
 - ``random``: at each bar with a per-episode probability in [0.02, 0.15], buy (size uniform in
   [0.1, 1]) or sell, with equal chances.
 
-Trend and mean reversion read bars ``<= r+t`` only: they are causal and are also run over whole
+The rules (trend, momentum, mean reversion) deviate at random with ``rule_noise`` (a per-episode
+rate: at such a bar they go long or out at random) and come back when their rule next fires, so the
+data shows recoveries from positions the rule would not hold (what a free-running policy meets).
+Trend, momentum and mean reversion read bars ``<= r+t`` only: they are causal and are also run over whole
 test periods as baselines (:func:`heuristic_positions`). Everything is vectorised over episodes.
 """
 
@@ -64,12 +79,15 @@ from quantum_alpha_jax.data.features import FEATURES
 
 ACTIONS = ('hold', 'buy', 'sell')
 HOLD, BUY, SELL = 0, 1, 2
-POLICIES = ('oracle', 'trend', 'mean_reversion', 'random')
+POLICIES = ('oracle', 'trend', 'mean_reversion', 'random', 'momentum')
 HEURISTICS = ('trend', 'mean_reversion', 'random')
+RULES = ('trend', 'momentum', 'mean_reversion')  # the causal rule behaviours
 STATE_SIZE = len(FEATURES) + 1  # features + the position held into the decision
 BAR_SPEC = windows.WindowSpec(1, 0)  # one bar: every state is normalised relative to itself
 _COLUMN = {name: FEATURES.index(name) for name in ('EMA_12', 'EMA_26', 'SMA_50', 'close', 'open',
-                                                    'RSI_14')}
+                                                    'RSI_14', 'returns_3', 'returns_12',
+                                                    'returns_60', 'volatility_240')}
+MOMENTUM_LOOKBACKS = (3, 12, 60)  # the trailing returns among FEATURES
 _GENERATION_CHUNK = 4096  # episodes generated at once (bounds the memory of a split's generation)
 
 
@@ -84,9 +102,19 @@ class TrajectorySpec:
   reward_scale: float = 1.0
   rtg_scale: float = 1000.0
   allow_short: bool = False
-  policies: tuple[str, ...] = POLICIES
+  policies: tuple[str, ...] = ('oracle', 'trend', 'mean_reversion', 'random')
   policy_weights: tuple[float, ...] = (4.0, 1.0, 1.0, 1.0)
   oracle_noise: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+  # (look-back bars, threshold in standard deviations) per momentum behaviour (module docstring).
+  momentum_rules: tuple[tuple[int, float], ...] = ((12, 0.5), (60, 0.5), (60, 1.0))
+  # Rule behaviours (trend, momentum, mean reversion) deviate: at each bar, with a per-episode
+  # probability drawn uniformly in [0, rule_noise], they go long or out at random instead; they
+  # come back when their rule next fires, so the data shows recoveries from any position.
+  rule_noise: float = 0.0
+  # What the return tokens carry: 'realised' (each episode's own return-to-go, as in the paper) or
+  # 'behaviour' (the mean first return-to-go of the episode's behaviour on the training split, the
+  # same at every step: what the behaviour earns on average, not its luck; module docstring).
+  condition_on: str = 'realised'
   sizes: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
   initial_flat_probability: float = 0.5
   fee_rate: float = engine.DEFAULT_FEE_RATE
@@ -99,6 +127,8 @@ class TrajectorySpec:
       value = getattr(self, name)
       value = (value,) if isinstance(value, (str, int, float)) else tuple(value)
       object.__setattr__(self, name, value)
+    object.__setattr__(self, 'momentum_rules',
+                       tuple((int(k), float(z)) for k, z in self.momentum_rules))
     checks = [
         ('episode_length', self.episode_length, isinstance(self.episode_length, (int, np.integer))
          and self.episode_length >= 2, 'use an integer >= 2 (config.model.context_length)'),
@@ -110,6 +140,7 @@ class TrajectorySpec:
         ('discount', self.discount, 0 < self.discount <= 1, 'use a discount in (0, 1]'),
         ('reward_scale', self.reward_scale, self.reward_scale > 0, 'use a positive scale'),
         ('rtg_scale', self.rtg_scale, self.rtg_scale > 0, 'use a positive scale, e.g. 1000'),
+        ('rule_noise', self.rule_noise, 0 <= self.rule_noise <= 1, 'use a probability in [0, 1]'),
         ('initial_flat_probability', self.initial_flat_probability,
          0 <= self.initial_flat_probability <= 1, 'use a probability in [0, 1]'),
         ('fee_rate', self.fee_rate, 0 <= self.fee_rate < 1, 'use a rate per side such as 0.001'),
@@ -118,6 +149,9 @@ class TrajectorySpec:
     for name, value, valid, fix in checks:
       if not valid:
         raise errors.ConfigError(errors.describe(f'{where}.{name}', f'{value!r} is invalid', fix))
+    if self.condition_on not in ('realised', 'behaviour'):
+      raise errors.ConfigError(errors.describe(
+          f'{where}.condition_on', f'{self.condition_on!r}', "use 'realised' or 'behaviour'"))
     unknown = [p for p in self.policies if p not in POLICIES]
     if unknown or not self.policies:
       raise errors.ConfigError(errors.describe(
@@ -131,6 +165,11 @@ class TrajectorySpec:
     if not self.oracle_noise or any(n < 0 for n in self.oracle_noise):
       raise errors.ConfigError(errors.describe(
           f'{where}.oracle_noise', f'{self.oracle_noise}', 'give noise levels >= 0, e.g. (0, 1)'))
+    if 'momentum' in self.policies and (not self.momentum_rules or any(
+        k not in MOMENTUM_LOOKBACKS or z < 0 for k, z in self.momentum_rules)):
+      raise errors.ConfigError(errors.describe(
+          f'{where}.momentum_rules', f'{self.momentum_rules}',
+          f'give (look-back, threshold >= 0) pairs with look-backs in {MOMENTUM_LOOKBACKS}'))
     if not self.sizes or any(not 0 < s <= 1 for s in self.sizes):
       raise errors.ConfigError(errors.describe(
           f'{where}.sizes', f'{self.sizes}', 'give position sizes in (0, 1], e.g. (0.5, 1.0)'))
@@ -152,15 +191,20 @@ class TrajectorySpec:
     return self.fee_rate + self.slippage_bps / 10_000
 
   @property
-  def behaviour_table(self) -> tuple[tuple[str, str, float, float], ...]:
-    """``(name, policy, oracle noise, mixture weight)`` per behaviour: one per oracle noise level
-    (sharing the oracle's weight), one per other policy. A batch's ``behaviour`` indexes it."""
+  def behaviour_table(self) -> tuple[tuple[str, str, Any, float], ...]:
+    """``(name, policy, parameter, mixture weight)`` per behaviour: one per oracle noise level and
+    one per momentum rule (each sharing its policy's weight), one per other policy. A batch's
+    ``behaviour`` indexes it."""
     table = []
     for policy, weight in zip(self.policies, self.policy_weights):
       if policy == 'oracle':
         share = weight / len(self.oracle_noise)
         table += [(f'oracle(noise={noise:g})', policy, float(noise), share)
                   for noise in self.oracle_noise]
+      elif policy == 'momentum':
+        share = weight / len(self.momentum_rules)
+        table += [(f'momentum({bars},{threshold:g})', policy, (bars, threshold), share)
+                  for bars, threshold in self.momentum_rules]
       else:
         table.append((policy, policy, 0.0, float(weight)))
     return tuple(table)
@@ -254,23 +298,60 @@ def hindsight_levels(gains: np.ndarray, cost: float, initial_level: np.ndarray,
   return path
 
 
+def rule_events(policy: str, features: np.ndarray, allow_short: bool, parameter: Any = None
+                ) -> np.ndarray:
+  """The level a causal rule asks for at each bar of raw features ``[..., 44]``: 1 (long), 0 or -1
+  (out, or short with ``allow_short``), NaN where it keeps the level it holds (module docstring).
+  ``parameter``: the ``(look-back, threshold)`` of a momentum rule."""
+  out = -1.0 if allow_short else 0.0
+  if policy == 'trend':
+    fast, slow = features[..., _COLUMN['EMA_12']], features[..., _COLUMN['EMA_26']]
+    close, long_average = features[..., _COLUMN['close']], features[..., _COLUMN['SMA_50']]
+    up = (fast > slow) & (close > long_average)
+    down = (fast < slow) & (close < long_average)
+    return np.where(up, 1.0, np.where(down, out, np.nan))
+  if policy == 'momentum':
+    bars, threshold = parameter
+    trailing = features[..., _COLUMN[f'returns_{bars}']]
+    scale = features[..., _COLUMN['volatility_240']] * np.sqrt(bars)
+    return np.where(trailing > threshold * scale, 1.0,
+                    np.where(trailing < -threshold * scale, out, np.nan))
+  if policy == 'mean_reversion':
+    rsi = features[..., _COLUMN['RSI_14']]
+    return np.where(rsi < 30, 1.0, np.where(rsi > 70, out,
+                                            np.where((rsi >= 45) & (rsi <= 55), 0.0, np.nan)))
+  raise errors.ConfigError(errors.describe('rule_events', f'{policy!r} is not a causal rule',
+                                           'use trend, momentum or mean_reversion'))
+
+
+def rule_actions(policy: str, features: np.ndarray, held: np.ndarray, allow_short: bool,
+                 parameter: Any = None) -> np.ndarray:
+  """The canonical action ``[...]`` a causal rule takes at each bar of ``features [..., 44]`` from
+  the position ``held [...]`` (hold when it keeps that level's sign, buy to go long, else sell)."""
+  level = np.sign(np.asarray(held, np.float64))
+  wanted = rule_events(policy, np.asarray(features, np.float64), allow_short, parameter)
+  wanted = np.where(np.isnan(wanted), level, wanted)
+  return np.where(wanted == level, HOLD, np.where(wanted > 0, BUY, SELL)).astype(np.int32)
+
+
 def trend_levels(features: np.ndarray, initial_level: np.ndarray, allow_short: bool) -> np.ndarray:
   """Trend following on raw features ``[E, T, 44]`` (module docstring); levels ``[E, T]``."""
-  fast, slow = features[..., _COLUMN['EMA_12']], features[..., _COLUMN['EMA_26']]
-  close, long_average = features[..., _COLUMN['close']], features[..., _COLUMN['SMA_50']]
-  up = (fast > slow) & (close > long_average)
-  down = (fast < slow) & (close < long_average)
-  events = np.where(up, 1.0, np.where(down, -1.0 if allow_short else 0.0, np.nan))
-  return _forward_fill(events, initial_level)
+  return _forward_fill(rule_events('trend', features, allow_short), initial_level)
+
+
+def momentum_levels(features: np.ndarray, initial_level: np.ndarray, allow_short: bool,
+                    bars: int, threshold: float) -> np.ndarray:
+  """Momentum on raw features ``[E, T, 44]``: long while the trailing ``bars``-bar return exceeds
+  ``threshold`` standard deviations (``volatility_240 · sqrt(bars)``), out (or short) below minus
+  that, otherwise keep; levels ``[E, T]``."""
+  return _forward_fill(rule_events('momentum', features, allow_short, (bars, threshold)),
+                       initial_level)
 
 
 def mean_reversion_levels(features: np.ndarray, initial_level: np.ndarray,
                           allow_short: bool) -> np.ndarray:
   """Mean reversion on ``RSI_14`` of raw features ``[E, T, 44]``; levels ``[E, T]``."""
-  rsi = features[..., _COLUMN['RSI_14']]
-  events = np.where(rsi < 30, 1.0, np.where(rsi > 70, -1.0 if allow_short else 0.0,
-                                            np.where((rsi >= 45) & (rsi <= 55), 0.0, np.nan)))
-  return _forward_fill(events, initial_level)
+  return _forward_fill(rule_events('mean_reversion', features, allow_short), initial_level)
 
 
 def random_positions(rng: np.random.Generator, shape: tuple[int, int], initial: np.ndarray,
@@ -407,15 +488,20 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
     chunk_rng = np.random.default_rng([spec.seed, seed, begin])
     for kind in np.unique(kinds):
       selected = kinds == kind
-      _, policy, noise, _ = table[kind]
+      _, policy, parameter, _ = table[kind]
       if policy == 'oracle':
         gains = next_returns_all[part][selected]
-        gains = gains + noise * return_scale * chunk_rng.standard_normal(gains.shape)
+        gains = gains + parameter * return_scale * chunk_rng.standard_normal(gains.shape)
         levels = hindsight_levels(gains, spec.cost, start_level[selected], spec.allow_short)
-      elif policy == 'trend':
-        levels = trend_levels(raw[selected], start_level[selected], spec.allow_short)
-      elif policy == 'mean_reversion':
-        levels = mean_reversion_levels(raw[selected], start_level[selected], spec.allow_short)
+      elif policy in ('trend', 'momentum', 'mean_reversion'):
+        events = rule_events(policy, raw[selected], spec.allow_short, parameter)
+        if spec.rule_noise > 0:
+          rate = chunk_rng.uniform(0.0, spec.rule_noise, size=(len(events), 1))
+          deviate = chunk_rng.random(events.shape) < rate
+          wrong = np.where(chunk_rng.random(events.shape) < 0.5, 1.0,
+                           -1.0 if spec.allow_short else 0.0)
+          events = np.where(deviate, wrong, events)
+        levels = _forward_fill(events, start_level[selected])
       else:
         positions[selected] = random_positions(chunk_rng, (int(selected.sum()), length),
                                                initial[part][selected], spec.allow_short)
@@ -428,7 +514,7 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
     out['positions'][part] = positions
     out['rewards'][part] = rewards
     out['returns_to_go'][part] = discounted_returns_to_go(rewards, spec.discount)
-  return {'start_row': starts, 'behaviour': behaviour,
+  return {'start_row': starts, 'behaviour': behaviour, 'size': size.astype(np.float32),
           'initial_position': initial.astype(np.float32), **out}
 
 
@@ -495,7 +581,7 @@ class TrajectorySource(grain.sources.RandomAccessDataSource):
         'actions': actions,
         'sizes': sizes,
         'size_mask': (sized & real[:, None]).astype(np.float32),
-        'rtg': (table['returns_to_go'][index] * np.float32(self.spec.rtg_scale)).astype(np.float32),
+        'rtg': (self.return_tokens(index) * np.float32(self.spec.rtg_scale)).astype(np.float32),
         'rewards': table['rewards'][index],
         'timesteps': np.broadcast_to(np.arange(length, dtype=np.int32), (len(index), length)).copy(),
         'step_mask': step_mask,
@@ -504,6 +590,13 @@ class TrajectorySource(grain.sources.RandomAccessDataSource):
         'start_row': np.where(real, starts, -1).astype(np.int32),
         'symbol': np.take(self.arrays.symbol, starts).astype(np.int32),
     }
+
+  def return_tokens(self, index: np.ndarray) -> np.ndarray:
+    """The (unscaled) return the model is conditioned on at each step of episodes ``index``,
+    ``[batch, L]``: the realised return-to-go, or the behaviour's mean (``spec.condition_on``)."""
+    if self.spec.condition_on == 'behaviour':
+      return np.repeat(self.episodes['condition'][index][:, None], self.spec.episode_length, 1)
+    return self.episodes['returns_to_go'][index]
 
   def summary(self) -> dict[str, Any]:
     """Episode counts and undiscounted episode returns (log, after costs) per behaviour."""
@@ -548,12 +641,24 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
                                 seed=seed)
   shard_index, shard_count = windows._shard(shard_index, shard_count)  # pylint: disable=protected-access
   per_process = windows.local_batch_size(batch_size, shard_count, num_devices)
-  result = {}
+  generated = {}
   for number, split in enumerate(splits):
     training = split.name == train_split
     stride = spec.stride if training else (spec.evaluation_stride or spec.episode_length)
     starts = episode_starts(arrays, rows[split.name], spec.episode_length, stride)
-    episodes = generate_episodes(arrays, starts, spec, seed=seed * 1000 + number)
+    generated[split.name] = generate_episodes(arrays, starts, spec, seed=seed * 1000 + number)
+  if spec.condition_on == 'behaviour':
+    if train_split not in generated:
+      raise errors.ConfigError(errors.describe(
+          'trajectories.make_datasets', f"condition_on='behaviour' needs the {train_split!r} "
+          'split (the behaviours\' mean returns come from it)', 'add it to the splits'))
+    means = behaviour_means(generated[train_split], spec)
+    for episodes in generated.values():
+      episodes['condition'] = means[behaviour_groups(episodes, spec)].astype(np.float32)
+  result = {}
+  for number, split in enumerate(splits):
+    training = split.name == train_split
+    episodes = generated[split.name]
     source = TrajectorySource(arrays, spec, episodes, normalizer, rows[split.name], split.name)
     if training:
       dataset = windows.training_dataset(source, batch_size, seed, shard_index=shard_index,
@@ -568,12 +673,32 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
   return result, normalizer
 
 
+def behaviour_groups(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
+  """``[E]``: each episode's (behaviour, size) group, ``behaviour · len(sizes) + size index``."""
+  sizes = np.asarray(spec.sizes, np.float32)
+  size_index = np.argmin(np.abs(np.asarray(episodes['size'], np.float32)[:, None] - sizes), axis=1)
+  return episodes['behaviour'].astype(np.int64) * len(spec.sizes) + size_index
+
+
+def behaviour_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
+  """``[behaviours · sizes]``: the mean first return-to-go ``R_0`` of the episodes of each
+  behaviour at each size (0 for a group with none), indexed by :func:`behaviour_groups`: the
+  return tokens of ``condition_on='behaviour'``. The size is part of the behaviour: the same rule
+  earns more at full size when it earns at all, so a high target asks for it."""
+  count = len(spec.behaviours) * len(spec.sizes)
+  groups = behaviour_groups(episodes, spec)
+  first = episodes['returns_to_go'][:, 0].astype(np.float64)
+  totals = np.bincount(groups, weights=first, minlength=count)
+  numbers = np.bincount(groups, minlength=count)
+  return np.where(numbers > 0, totals / np.maximum(numbers, 1), 0.0)
+
+
 def initial_return_quantiles(source: TrajectorySource,
                              levels: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
                              ) -> dict[str, float]:
   """Quantiles of the episodes' first return-to-go ``R_0`` (unscaled): the range of returns the
   training data shows, from which the rollout's conditioning targets are chosen."""
-  first = source.episodes['returns_to_go'][:, 0].astype(np.float64)
+  first = source.return_tokens(np.arange(len(source)))[:, 0].astype(np.float64)
   return {f'{level:g}': float(np.quantile(first, level)) for level in levels} | {
       'max': float(first.max()), 'mean': float(first.mean())}
 

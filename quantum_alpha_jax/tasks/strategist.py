@@ -32,11 +32,15 @@ no signal); so after such bars the rollout starts flat again, and a run that dir
 previous one (a time jump with no bar between) carries the position on. The position fed to the
 model at every bar therefore equals the position the engine holds there (tests/test_strategist.py).
 
-Imitation (:func:`imitation`) is scored on this free-running rollout: each of its actions against
-the exact hindsight oracle's action from the position the rollout actually holds (balanced
-accuracy), beside always-hold, repeating its own previous action and the causal trend rule. The teacher-forced score
-(:func:`teacher_forced_imitation`: fed the realised return-to-go and the oracle's own past
-actions and positions) uses hindsight and is reported as a diagnostic only.
+Imitation is scored on this free-running rollout. The yardstick (:func:`behaviour_imitation`) is
+the best causal behaviour of the training data (``reference_behaviour``: the rule with the highest
+mean training return, the one the conditioning target asks for): each action against the action
+that rule takes at the same bar from the position the rollout holds (balanced accuracy), beside
+always-hold and repeating its own previous action. Agreement with the exact hindsight oracle
+(:func:`imitation`) is still reported, but it is no yardstick for a causal policy: the oracle's
+actions depend on the next bars, and the causal trend rule scores about chance (1/3) against them.
+The teacher-forced score (:func:`teacher_forced_imitation`: fed the realised return-to-go and the
+oracle's own past actions and positions) uses hindsight and is reported as a diagnostic only.
 """
 
 from __future__ import annotations
@@ -82,13 +86,16 @@ class StrategistTask:
   model: dt.DecisionTransformer
   spec: trajectories.TrajectorySpec
   size_loss_weight: float = 1.0
+  action_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
   normalizer: windows.Normalizer | None = None
   target_return: float | None = None
+  reference_behaviour: str | None = None
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *,
                   normalizer: windows.Normalizer | None = None,
-                  target_return: float | None = None) -> StrategistTask:
+                  target_return: float | None = None,
+                  reference_behaviour: str | None = None) -> StrategistTask:
     model_config = config.model
     context = model_config.context_length
     for name, value, minimum in (('context_length', context, 2),
@@ -108,6 +115,10 @@ class StrategistTask:
                                    'use a rate in [0, 1)'))
     if config.size_loss_weight < 0:
       raise ConfigError(describe('config.size_loss_weight', f'{config.size_loss_weight} < 0'))
+    action_weights = tuple(float(w) for w in config.get('action_weights', (1.0, 1.0, 1.0)))
+    if len(action_weights) != len(trajectories.ACTIONS) or min(action_weights) <= 0:
+      raise ConfigError(describe('config.action_weights', f'{action_weights}',
+                                 'give one positive weight per action (hold, buy, sell)'))
     spec = trajectories.TrajectorySpec.from_config(config.trajectories, context)
     model = dt.DecisionTransformer(
         state_size=trajectories.STATE_SIZE, max_timestep=context, context_length=context,
@@ -116,7 +127,8 @@ class StrategistTask:
         attention_dropout_rate=model_config.attention_dropout_rate,
         num_actions=len(trajectories.ACTIONS))
     return cls(model=model, spec=spec, size_loss_weight=float(config.size_loss_weight),
-               normalizer=normalizer, target_return=target_return)
+               action_weights=action_weights, normalizer=normalizer, target_return=target_return,
+               reference_behaviour=reference_behaviour)
 
   def init_params(self, rng: jax.Array, batch: Mapping[str, np.ndarray]) -> Any:
     init = jax.jit(lambda key, *inputs: self.model.init(key, *inputs)['params'])
@@ -142,6 +154,8 @@ class StrategistTask:
     per_step = lambda values: jnp.sum(values * step_mask, -1) / steps  # [batch]
     log_probabilities = jax.nn.log_softmax(logits, -1)
     cross_entropy = -jnp.take_along_axis(log_probabilities, actions[..., None], -1)[..., 0]
+    if self.action_weights != (1.0, 1.0, 1.0):  # rare trades weigh more (config.action_weights)
+      cross_entropy = cross_entropy * jnp.asarray(self.action_weights, jnp.float32)[actions]
     correct = (jnp.argmax(logits, -1) == actions).astype(jnp.float32)
     size_error = jnp.square(outputs['size'] - batch['sizes'].astype(jnp.float32))
     size_loss = per_step(size_error * batch['size_mask'].astype(jnp.float32))
@@ -212,7 +226,8 @@ def _rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_p
     marked = cash + units * bar_close
     reward = spec.reward_scale * jnp.log(jnp.maximum(marked, 1e-12) / jnp.maximum(equity, 1e-12))
     # 2. The return still to be earned (restarted at each episode's first step).
-    new_token = jnp.where(timestep == 0, first_token,
+    # (With spec.condition_on == 'behaviour' the token is the target at every step.)
+    new_token = jnp.where((timestep == 0) | (spec.condition_on == 'behaviour'), first_token,
                           (token - spec.rtg_scale * reward) / spec.discount)
     # 3. Decide from (a_{t-1}, R_t, s_t), s_t holding the position the engine holds since this
     #    bar's open (the standing target ``position`` unless its fill waits past a filled bar).
@@ -477,6 +492,50 @@ def imitation(task: StrategistTask, arrays: windows.WindowArrays, result: Rollou
   return report
 
 
+def best_causal_behaviour(source: trajectories.TrajectorySource) -> str | None:
+  """The causal rule behaviour (trend, momentum or mean reversion; not the hindsight oracle, not
+  random) with the highest mean episode return among ``source``'s episodes (the training split):
+  the behaviour a policy conditioned on a high return should act like. None if there is none."""
+  summary = source.summary()['behaviours']
+  rules = {name: summary[name]['mean_return'] for name, policy, _, _ in source.spec.behaviour_table
+           if policy in trajectories.RULES and name in summary}
+  return max(rules, key=rules.get) if rules else None
+
+
+def behaviour_imitation(task: StrategistTask, arrays: windows.WindowArrays, result: Rollout,
+                        index: int = 0) -> dict[str, Any] | None:
+  """Free-running agreement with the causal behaviour it was conditioned towards
+  (``task.reference_behaviour``, the best rule of the training data; JSON-ready, balanced
+  accuracy = macro recall): each action of the rollout at target ``index`` against the action that
+  rule takes at the same bar from the position the rollout holds (its label reads bars <= t only,
+  so a causal policy can match it exactly). Beside always-hold and repeating the rollout's own
+  previous action. None when the task has no reference behaviour."""
+  if task.reference_behaviour is None:
+    return None
+  table = {row[0]: row for row in task.spec.behaviour_table}
+  if task.reference_behaviour not in table:
+    raise ConfigError(describe('strategist behaviour imitation',
+                               f'{task.reference_behaviour!r} is not a behaviour of the spec',
+                               f'use one of {list(table)}'))
+  _, policy, parameter, _ = table[task.reference_behaviour]
+  true = trajectories.rule_actions(policy, arrays.features[result.rows], result.held[index],
+                                   task.spec.allow_short, parameter)
+  previous = np.zeros_like(true)
+  for where in _flat_runs(result):
+    previous[where[1:]] = result.action[index, where[:-1]]
+  scored = (('strategist', result.action[index]), ('always_hold', np.zeros_like(true)),
+            ('repeat_previous_action', previous))
+  report = {name: classification.classification_metrics(true, values, trajectories.ACTIONS)
+            for name, values in scored}
+  for entry in report.values():
+    entry['balanced_accuracy'] = entry['recall_macro']
+  report.update(behaviour=task.reference_behaviour, bars=int(true.size),
+                target_return=float(result.targets[index]),
+                note=('free-running rollout scored against the action the best causal behaviour of '
+                      'the training data takes at each bar from the position the rollout holds'))
+  return report
+
+
 def teacher_forced_imitation(task: StrategistTask, params: Any, arrays: windows.WindowArrays,
                              rows: np.ndarray, *, batch_size: int = 64, max_episodes: int = 0,
                              seed: int = 0) -> dict[str, Any]:
@@ -492,6 +551,8 @@ def teacher_forced_imitation(task: StrategistTask, params: Any, arrays: windows.
     raise ConfigError(describe('strategist imitation', 'no oracle episode fits in the split',
                                'use a longer split'))
   episodes = trajectories.generate_episodes(arrays, starts, spec, seed=seed)
+  if spec.condition_on == 'behaviour':  # tokens: the conditioning target, as in the rollout
+    episodes['condition'] = np.full(len(starts), task.target_return or 0.0, np.float32)
   source = trajectories.TrajectorySource(arrays, spec, episodes, task.normalizer, rows, 'oracle')
   true, predicted = [], []
   size = min(batch_size, len(source))
@@ -563,15 +624,25 @@ def _stats(result_stats: Mapping[str, Any]) -> dict[str, Any]:
 
 def heuristic_results(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
                       seed: int = 0) -> dict[str, dict[str, engine.BacktestResult]]:
-  """The causal behaviour heuristics (size 1, from flat) over the whole split, per symbol, on the
-  same grid as :func:`backtest_positions` (flat on bars that are not usable)."""
+  """The causal heuristics (size 1, from flat) over the whole split, per symbol, on the same grid
+  as :func:`backtest_positions` (flat on bars that are not usable): trend, mean reversion, random,
+  and every momentum rule among the task's behaviours (the model must beat its own teachers too)."""
+  rules = [(name, None) for name in trajectories.HEURISTICS]
+  rules += [(name, parameter) for name, policy, parameter, _ in task.spec.behaviour_table
+            if policy == 'momentum']
   out = {}
-  for name in trajectories.HEURISTICS:
+  for name, parameter in rules:
     per_symbol = {}
     for symbol, (where, grid, slots) in _symbol_grids(arrays, rows).items():
       targets = np.zeros(grid.size)
-      targets[slots] = trajectories.heuristic_positions(
-          name, arrays.features[rows[where]], task.spec.allow_short, seed=seed)
+      features = arrays.features[rows[where]]
+      if parameter is None:
+        targets[slots] = trajectories.heuristic_positions(name, features, task.spec.allow_short,
+                                                          seed=seed)
+      else:
+        targets[slots] = trajectories.momentum_levels(
+            np.asarray(features, np.float64)[None], np.zeros(1), task.spec.allow_short,
+            *parameter)[0]
       per_symbol[symbol] = _run_on_grid(task, arrays, grid, targets)
     out[name] = per_symbol
   return out
@@ -717,6 +788,7 @@ def evaluate(task: StrategistTask, params: Any, split: windows.SplitData,
                        'bars_per_second': rows.size / max(main.seconds, 1e-9),
                        'note': 'seconds include the jit compile of the rollout'}
   report['imitation'] = imitation(task, arrays, main)
+  report['imitation_behaviour'] = behaviour_imitation(task, arrays, main)
   report['imitation_teacher_forced'] = teacher_forced_imitation(
       task, params, arrays, rows, max_episodes=imitation_max_episodes, seed=seed)
   backtests = backtest_positions(task, arrays, rows, main.position[0])
@@ -804,19 +876,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   StrategistTask.from_config(config)  # config errors before any data work
   data, normalizer = make_data(config, frames=frames)
   quantiles = trajectories.initial_return_quantiles(data['train'].source, QUANTILE_LEVELS)
+  reference = best_causal_behaviour(data['train'].source)
   task = StrategistTask.from_config(config, normalizer=normalizer,
-                                    target_return=target_from_quantiles(config, quantiles))
+                                    target_return=target_from_quantiles(config, quantiles),
+                                    reference_behaviour=reference)
   trajectory_summary = {name: split.source.summary() for name, split in data.items()}
   writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
   result = loop.train_and_evaluate(
       config.train, task, data, workdir, run_config=config.to_dict(),
       extra_record={'normalizer': normalizer.to_dict(),
-                    'trajectories': {'initial_return_quantiles': quantiles}},
+                    'trajectories': {'initial_return_quantiles': quantiles,
+                                     'reference_behaviour': reference}},
       on_evaluate=on_evaluate)
   results = {'model': 'strategist', 'workdir': str(workdir), 'train': result.summary,
              'validation': result.best_metrics,
              'trajectories': {'summary': trajectory_summary,
                               'initial_return_quantiles': quantiles,
+                              'reference_behaviour': reference,
                               'spec': task.spec.to_dict()},
              'conditioning_target_return': task.target_return}
   for name in config.evaluation.splits:
@@ -852,6 +928,12 @@ def format_results(results: Mapping[str, Any]) -> str:
                  f'({report["imitation"]["bars"]} bars), balanced accuracy '
                  f'{agreement.pop("strategist"):.3f} vs ' + ', '.join(
                      f'{name.replace("_", " ")} {value:.3f}' for name, value in agreement.items()))
+    behaviour = report.get('imitation_behaviour')
+    if behaviour:
+      lines.append(f'  agreement with the best causal behaviour ({behaviour["behaviour"]}), '
+                   f'free-running: balanced accuracy {behaviour["strategist"]["balanced_accuracy"]:.3f}'
+                   f' vs always hold {behaviour["always_hold"]["balanced_accuracy"]:.3f}, repeat '
+                   f'previous action {behaviour["repeat_previous_action"]["balanced_accuracy"]:.3f}')
     forced = report.get('imitation_teacher_forced')
     if forced:
       lines.append(f'  teacher-forced balanced accuracy {forced["strategist"]["balanced_accuracy"]:.3f}'
@@ -895,7 +977,8 @@ def load(workdir: str | pathlib.Path
   quantiles = record['trajectories']['initial_return_quantiles']
   task = StrategistTask.from_config(
       config, normalizer=windows.Normalizer.from_dict(record['normalizer']),
-      target_return=target_from_quantiles(config, quantiles))
+      target_return=target_from_quantiles(config, quantiles),
+      reference_behaviour=record['trajectories'].get('reference_behaviour'))
   expected = jax.eval_shape(task.init_params, jax.random.PRNGKey(0), example_batch(task))
   checkpoint_lib.check_structure(params, expected, str(workdir))
   return task, params, config
