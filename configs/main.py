@@ -42,4 +42,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if not arg:
     config.oracle.train.update(num_steps=600, eval_every_steps=150)
   config.workdir = ml_collections.config_dict.placeholder(str)  # default: checkpoints/
+  # True: the Oracle, Guardian and Strategist train at once, each in its own process on its own
+  # devices (one GPU each, or a share of the forced CPU devices): quantum_alpha_jax/side_by_side.py.
+  config.parallel = False
   return config

@@ -22,6 +22,7 @@ from absl import logging
 import ml_collections
 
 from quantum_alpha_jax import errors
+from quantum_alpha_jax import side_by_side
 from quantum_alpha_jax.backtest import experiment as backtest
 from quantum_alpha_jax.data import pipeline
 from quantum_alpha_jax.evaluate import ceiling as ceiling_lib
@@ -50,14 +51,23 @@ def run(config: ml_collections.ConfigDict, root: str | pathlib.Path,
   echo(pipeline.format_summary(pipeline.build_store(config.data)))
 
   workdirs, results = {}, {}
+  parallel = bool(config.get('parallel', False))
   for stage, (name, module) in enumerate(MODELS, start=2):
     model_config = config[name]
     with model_config.unlocked():
       model_config.data = config.data  # one store for every stage
     workdirs[name] = root / model_config.name
+    if parallel:
+      continue
     logging.info('Stage %d/%d: %s in %s', stage, STAGES, model_config.name, workdirs[name])
     results[name] = module.run(model_config, workdirs[name])
     echo('\n' + module.format_results(results[name]))
+  if parallel:  # stages 2-4 at once, a process per model on its own devices (side_by_side.py)
+    logging.info('Stages 2-4/%d: %s side by side in %s', STAGES,
+                 ', '.join(config[name].name for name, _ in MODELS), root)
+    results = side_by_side.train_models([(name, config[name]) for name, _ in MODELS], root)
+    for name, module in MODELS:
+      echo('\n' + module.format_results(results[name]))
 
   logging.info('Stage 5/%d: each model beside its best naive baseline and the ceiling', STAGES)
   try:

@@ -220,7 +220,36 @@ def test_a_population_run_resumes_from_its_stacked_checkpoint(market_data, tmp_p
   resumed = loop.train_and_evaluate(config, task, market_data, tmp_path / 'cut')
   for got, want in zip(_leaves(resumed.state), _leaves(whole.state)):
     np.testing.assert_array_equal(got, want)
+  assert resumed.population['validation']['size'] == 2
   assert resumed.population['validation'] == whole.population['validation']
   # The best params read back from the checkpoint are member 0's.
   params, _ = checkpoint_lib.load_best(tmp_path / 'cut')
   np.testing.assert_array_equal(np.asarray(params['w']), np.asarray(whole.params['w']))
+
+
+def test_the_oracle_reports_every_member_with_mean_and_interval(drifting_market, tmp_path):
+  """``results.json`` of a K = 2 Oracle: the population block per split, member 0's full reports."""
+  from configs import oracle as oracle_config  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top
+
+  config = oracle_config.get_config('quick')
+  config.model.update(encoder_length=24, decoder_length=6, hidden_size=8,
+                      hidden_continuous_size=4)
+  config.train.update(num_steps=4, eval_every_steps=2, max_eval_batches=2, population=2)
+  config.evaluation.update(max_windows=128, fan_windows=1)
+  results = oracle.run(config, tmp_path / 'run', frames=drifting_market)
+  block = results['population']
+  assert block['seeds'] == [0, 1] and block['reports_are_of_member'] == 0
+  assert block['validation']['size'] == 2
+  for split in ('validation', 'test'):
+    members = block[split]['members']
+    values = [m['pinball_loss'] for m in members]
+    assert values[0] == results[split]['pinball_loss'] and values[0] != values[1]
+    mean, low, high = population.interval(values)
+    assert block[split]['mean']['pinball_loss'] == mean
+    assert block[split]['interval']['pinball_loss'] == [low, high] and low < mean < high
+  assert 'loss_low' in results['validation']  # the loop's validation: mean and interval
+  params, _ = checkpoint_lib.load_best(tmp_path / 'run')  # member 0, shaped as a single model
+  checkpoint_lib.check_structure(params, jax.eval_shape(
+      oracle.OracleTask.from_config(config).init_params, jax.random.PRNGKey(0),
+      oracle.example_batch(oracle.OracleTask.from_config(config).model)), 'population run')
