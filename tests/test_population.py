@@ -248,7 +248,7 @@ def test_the_oracle_reports_every_member_with_mean_and_interval(drifting_market,
     mean, low, high = population.interval(values)
     assert block[split]['mean']['pinball_loss'] == mean
     assert block[split]['interval']['pinball_loss'] == [low, high] and low < mean < high
-  assert 'loss_low' in results['validation']  # the loop's validation: mean and interval
+  assert 'loss_low' in results['train']['best_validation']  # the loop's: mean and interval
   params, _ = checkpoint_lib.load_best(tmp_path / 'run')  # member 0, shaped as a single model
   checkpoint_lib.check_structure(params, jax.eval_shape(
       oracle.OracleTask.from_config(config).init_params, jax.random.PRNGKey(0),
