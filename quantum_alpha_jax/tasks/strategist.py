@@ -682,13 +682,6 @@ def versus_best_policy(strategist_results: Mapping[str, engine.BacktestResult],
                                         np.concatenate(days))}
 
 
-def heuristic_backtests(task: StrategistTask, arrays: windows.WindowArrays, rows: np.ndarray,
-                        seed: int = 0) -> dict[str, dict[str, Any]]:
-  """:func:`heuristic_results` as stats per heuristic and symbol."""
-  return {name: {symbol: _stats(result.stats) for symbol, result in per.items()}
-          for name, per in heuristic_results(task, arrays, rows, seed).items()}
-
-
 def _mean_over_symbols(per_symbol: Mapping[str, Mapping[str, Any]], key: str) -> float | None:
   values = [entry.get(key) for entry in per_symbol.values() if entry.get(key) is not None]
   return float(np.mean(values)) if values else None
