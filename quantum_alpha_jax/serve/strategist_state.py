@@ -1,0 +1,118 @@
+"""The Strategist's rollout one bar at a time: the cached one-step decode and the account.
+
+This is ``tasks/strategist.py`` ``_rollout_core`` unrolled for a stream: the same fill, reward,
+return token, state and decision per bar (``step`` there), the same episodes (K bars from the
+first bar of each run of usable bars, a fresh key/value cache, timestep 0 and the return token
+restarted at each episode's first bar, the account carried over), and the same restarts (a run
+that follows bars without a signal starts flat, as the backtest holds those bars flat). One
+symbol per :class:`StrategistState`; ``step`` is jitted once per task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quantum_alpha_jax.backtest import engine
+from quantum_alpha_jax.data import trajectories
+from quantum_alpha_jax.models import decision_transformer as dt
+
+
+def _step(task: Any, params: Any, cache: Any, account: tuple, token: jax.Array,
+          action: jax.Array, size: jax.Array, timestep: jax.Array, features: jax.Array,
+          bar_open: jax.Array, bar_close: jax.Array, bar_observed: jax.Array,
+          first_token: jax.Array) -> tuple:
+  """One bar of ``_rollout_core``'s ``step`` at batch 1 (a real bar: ``bar_valid`` True)."""
+  model, spec = task.model, task.spec
+  fee_rate, slippage = spec.fee_rate, spec.slippage_bps / 10_000
+  cash, units, held, equity, position, before = account
+  (cash, units, held), _ = engine.fill_at_open(
+      (cash, units, held), position, bar_open, position != before, fee_rate=fee_rate,
+      slippage=slippage, observed=bar_observed)
+  position_before = jnp.where(bar_observed, position, before)
+  marked = cash + units * bar_close
+  reward = spec.reward_scale * jnp.log(jnp.maximum(marked, 1e-12) / jnp.maximum(equity, 1e-12))
+  new_token = jnp.where((timestep == 0) | (spec.condition_on == 'behaviour'), first_token,
+                        (token - spec.rtg_scale * reward) / spec.discount)
+  state = jnp.concatenate([features, held[:, None]], axis=-1)
+  heads, cache = model.apply({'params': params}, cache, timestep, new_token, state, action, size,
+                             method=model.decode)
+  chosen = jnp.argmax(heads['action_logits'], -1).astype(jnp.int32)
+  new_size = heads['size']
+  new_position = trajectories.next_position(position, chosen, new_size, spec.allow_short, xp=jnp)
+  chosen = jnp.where(new_position == position, trajectories.HOLD, chosen)
+  sized = (chosen == trajectories.BUY) | ((chosen == trajectories.SELL) & spec.allow_short)
+  token_size = jnp.where(sized, jnp.abs(new_position), 0.0)
+  account = (cash, units, held, marked, new_position, position_before)
+  return cache, account, new_token, chosen, token_size, {
+      'action': chosen, 'size': new_size, 'held': held, 'position': new_position}
+
+
+@functools.lru_cache(maxsize=8)
+def step_function(task: Any):
+  """``jax.jit`` of :func:`_step` for ``task`` (compiled once per task)."""
+  return jax.jit(functools.partial(_step, task))
+
+
+def _flat_account() -> tuple:
+  ones, zeros = jnp.ones((1,), jnp.float32), jnp.zeros((1,), jnp.float32)
+  return (ones, zeros, zeros, ones, zeros, zeros)
+
+
+@dataclasses.dataclass
+class StrategistState:
+  """The rollout of one symbol: call :meth:`decide` at each usable bar, :meth:`skip` at a bar
+  without a signal (the next usable bar starts a new, flat run)."""
+
+  task: Any
+  params: Any
+  cache: Any = None
+  account: tuple = dataclasses.field(default_factory=_flat_account)
+  token: Any = None
+  action: Any = None
+  size: Any = None
+  timestep: int = 0
+  in_run: bool = False
+
+  def __post_init__(self):
+    self.first_token = jnp.full((1,), self.task.conditioning_token(self.task.target_return),
+                                jnp.float32)
+    self._step = step_function(self.task)
+    self._reset_episode()
+
+  def _reset_episode(self) -> None:
+    self.cache = dt.initial_cache(self.task.model, 1, jnp.float32)
+    self.token = jnp.zeros((1,), jnp.float32)
+    self.action = jnp.zeros((1,), jnp.int32)
+    self.size = jnp.zeros((1,), jnp.float32)
+    self.timestep = 0
+
+  def skip(self) -> None:
+    """A bar with no Strategist signal: the run ends; the engine holds the bar flat."""
+    self.in_run = False
+
+  def decide(self, features: np.ndarray, bar_open: float, bar_close: float, observed: bool
+             ) -> dict[str, float]:
+    """The decision at a usable bar's close from its normalised state features ``[44]`` (float32),
+    its open (the float32 ``open`` feature, as the batch rollout reads it) and close."""
+    if not self.in_run:  # A new run: flat account, new episode.
+      self.account = _flat_account()
+      self._reset_episode()
+      self.in_run = True
+    elif self.timestep == self.task.model.context_length:  # Next episode: the account carries on.
+      self._reset_episode()
+    self.cache, self.account, self.token, self.action, self.size, outputs = self._step(
+        self.params, self.cache, self.account, self.token, self.action, self.size,
+        jnp.int32(self.timestep), jnp.asarray(features, jnp.float32)[None],
+        jnp.full((1,), bar_open, jnp.float32), jnp.full((1,), bar_close, jnp.float32),
+        jnp.full((1,), observed, bool), self.first_token)
+    self.timestep += 1
+    values = jax.device_get(outputs)
+    return {'action': int(values['action'][0]), 'size': float(values['size'][0]),
+            'held_position': float(values['held'][0]),
+            'target_position': float(values['position'][0])}
