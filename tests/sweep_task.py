@@ -18,10 +18,10 @@ import time
 
 import ml_collections
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.train import checkpoint as checkpoint_lib
 from quantum_alpha_jax.train import loop
 from quantum_alpha_jax.train import step as step_lib
-from quantum_alpha_jax.train import writers
 from tests.linear_task import LinearTask
 
 
@@ -79,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, on_evaluate=None) -> dict
   results = {'model': 'sweep_task', 'workdir': str(workdir), 'train': result.summary}
   for name in config.evaluation.splits:
     results[name] = _evaluate(result.params, data[name])
-  results['results_json'] = str(writers.write_results(workdir, results))
+  results['results_json'] = str(artifacts.write_results(workdir, results))
   return results
 
 
@@ -88,5 +88,5 @@ def evaluate_test(workdir, out) -> dict[str, float]:
   workdir = pathlib.Path(workdir)
   params, _ = checkpoint_lib.load_best(workdir)
   report = _evaluate(params, _data(str(workdir.parent / 'windows_cache'))[0]['test'])
-  writers.write_json(pathlib.Path(out) / 'results.json', report)
+  artifacts.write_json(pathlib.Path(out) / 'results.json', report)
   return report

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 import pytest
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import schema, store
 from quantum_alpha_jax.data.features import FEATURES, compute_features
 from quantum_alpha_jax.errors import DataError, SchemaError
@@ -90,7 +91,7 @@ def _rewrite(tmp_path, table: pa.Table, stem: str = 'ETHUSDT_2023_5m') -> None:
   pq.write_table(table, tmp_path / f'{stem}.parquet')
   metadata = store.read_metadata(tmp_path, 'ETHUSDT', 2023)
   metadata['parquet_bytes'] = os.path.getsize(tmp_path / f'{stem}.parquet')
-  store.atomic_write_json(tmp_path / f'{stem}.json', metadata)
+  artifacts.atomic_write_json(tmp_path / f'{stem}.json', metadata)
 
 
 def test_schema_mismatches_are_clear_errors(tmp_path, frames):

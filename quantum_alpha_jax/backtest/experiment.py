@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.backtest import ensemble
 from quantum_alpha_jax.backtest import portfolio
@@ -45,7 +46,6 @@ from quantum_alpha_jax.backtest import walkforward
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
-from quantum_alpha_jax.train import writers
 
 HEURISTICS = ('trend', 'mean_reversion')
 _COMPONENT_COLUMNS = {'oracle': ('p_up', 'uncertainty', 'q50'),
@@ -301,8 +301,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   (workdir / 'report.md').write_text('\n'.join(lines))
   payload['report'] = str(workdir / 'report.md')
   payload['plots'] = {'equity': str(equity_png)}
-  payload['results_json'] = str(writers.write_results(workdir, payload))
-  return writers.json_ready(payload)
+  payload['results_json'] = str(artifacts.write_results(workdir, payload))
+  return artifacts.json_ready(payload)
 
 
 def format_results(results: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from quantum_alpha_jax.backtest.engine import BacktestResult
 from quantum_alpha_jax.evaluate import trading
-from quantum_alpha_jax.train.writers import json_ready
+from quantum_alpha_jax.artifacts import json_ready
 
 MAX_POINTS = 20_000  # longer series are subsampled evenly for drawing
 

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import klines as klines_lib
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data import store as store_lib
@@ -125,7 +126,7 @@ def build_store(config: ml_collections.ConfigDict) -> dict:
   from quantum_alpha_jax.data import plots  # matplotlib only when a store is built
   summary['overview_png'] = str(plots.plot_overview(
       frames, Path(config.store_dir) / 'overview.png', title=f'Feature store {config.store_dir}'))
-  store_lib.atomic_write_json(Path(config.store_dir) / 'summary.json', summary)
+  artifacts.atomic_write_json(Path(config.store_dir) / 'summary.json', summary)
   return summary
 
 

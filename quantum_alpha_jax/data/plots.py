@@ -14,9 +14,8 @@ import matplotlib.dates as mdates  # pylint: disable=g-import-not-at-top
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import schema
-
-from quantum_alpha_jax.train import writers
 
 REGIME_COLOURS = {'bull': '#2ca02c', 'bear': '#d62728', 'sideways': '#7f7f7f'}
 MAX_POINTS = 20_000  # per symbol; longer series are subsampled evenly for drawing
@@ -75,5 +74,5 @@ def plot_overview(frames: Mapping[str, pd.DataFrame], path: str | Path, title: s
     fig.suptitle(title)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path

@@ -24,13 +24,17 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from quantum_alpha_jax.artifacts import atomic_write_json
+# transitional (#17): the lead removes this once tasks/, export/, update.py import artifacts
+# (export/onnx.py still imports atomic_write from here).
+from quantum_alpha_jax.artifacts import atomic_write  # pylint: disable=unused-import
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data.features import EXTRA_FEATURES, FEATURES
 from quantum_alpha_jax.errors import DataError, SchemaError, describe
@@ -68,31 +72,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     while block := handle.read(chunk):
       digest.update(block)
   return digest.hexdigest()
-
-
-def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
-  """Calls ``write(temporary_path)`` then renames it over ``path``; a failure leaves ``path`` as it was."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  os.close(handle)
-  try:
-    write(temporary)
-    with open(temporary, 'rb') as flushed:
-      os.fsync(flushed.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
-def atomic_write_json(path: str | Path, payload: Any) -> None:
-  """Writes JSON atomically (temporary file + rename)."""
-  def write(temporary: str) -> None:
-    with open(temporary, 'w') as handle:
-      json.dump(payload, handle, indent=1, default=str)
-  atomic_write(path, write)
 
 
 def write_store(root: str | Path, frames: Mapping[str, pd.DataFrame],

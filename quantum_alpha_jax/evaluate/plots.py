@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 import pandas as pd
 
-from quantum_alpha_jax.train import writers
+from quantum_alpha_jax import artifacts
 
 
 def plot_forecast_fans(past_close: np.ndarray, future_close: np.ndarray, quantile_close: np.ndarray,
@@ -51,7 +51,7 @@ def plot_forecast_fans(past_close: np.ndarray, future_close: np.ndarray, quantil
       axis.legend(fontsize=7, loc='upper left')
   fig.suptitle('Oracle forecast fans on test windows (bands: quantile intervals)')
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 
@@ -68,7 +68,7 @@ def plot_variable_importance(names: Sequence[str], weights: np.ndarray, path: st
   axis.set_title(title, fontsize=10)
   axis.legend(fontsize=8)
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 
@@ -93,7 +93,7 @@ def plot_attention(attention: np.ndarray, encoder_length: int, path: str | Path)
   right.set_ylabel('attention, mean over horizons')
   right.set_title('Which past bars the forecast looks at')
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 
@@ -116,7 +116,7 @@ def plot_direction_accuracy(per_horizon: Sequence[dict], baselines: dict[str, Se
   axis.legend(fontsize=8)
   axis.set_title('Is the sign of the cumulative return right? (test split)')
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 

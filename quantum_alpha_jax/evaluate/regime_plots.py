@@ -15,10 +15,9 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data.plots import REGIME_COLOURS
-
-from quantum_alpha_jax.train import writers
 
 MAX_POINTS = 20_000  # per symbol; longer series are subsampled evenly for drawing
 MAX_SCATTER_POINTS = 5_000
@@ -84,7 +83,7 @@ def plot_regime_timeline(timestamps: np.ndarray, close: np.ndarray, predicted: n
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 
@@ -117,7 +116,7 @@ def plot_latent_projection(latents: np.ndarray, labellings: Mapping[str, np.ndar
     axis.legend(fontsize=8, markerscale=3)
   fig.suptitle('Guardian latent means (μ), 2-D PCA')
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 
@@ -141,7 +140,7 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Seque
   axis.set_title(title, fontsize=10)
   fig.colorbar(image, ax=axis, fraction=0.046)
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 
@@ -163,7 +162,7 @@ def plot_risk_calibration(table: Sequence[Mapping[str, object]], path: str | Pat
                  f'{thresholds[1]:.3g})', fontsize=10)
   axis.legend(fontsize=8)
   fig.tight_layout()
-  writers.save_figure(fig, path)
+  artifacts.save_figure(fig, path)
   return path
 
 

@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.progress import Progress
 from quantum_alpha_jax.rl import agent as agent_lib
@@ -167,7 +168,7 @@ def train(config: ml_collections.ConfigDict, markets: Mapping[str, market_lib.Sp
         record['best_update'], record['best_metrics'] = update, validation
       record['update'] = update
       record['train_seconds'] = time.perf_counter() - run_start
-      checkpoints.save(update, state, None, writers.json_ready(record), metrics=validation)
+      checkpoints.save(update, state, None, artifacts.json_ready(record), metrics=validation)
       progress.update(count, env_steps_per_s=f'{rate:,.0f}',
                       episode_log_return=f'{last.get("episode_log_return", float("nan")):.4f}',
                       validation_log_return=f'{validation[VALIDATION_METRIC]:.4f}')
@@ -209,7 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
       raise errors.ConfigError(errors.describe('config.evaluation.splits', f'no split {name!r}',
                                                f'use some of {sorted(markets)}'))
   workdir.mkdir(parents=True, exist_ok=True)
-  writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
+  artifacts.write_json(workdir / 'normalizer.json', normalizer.to_dict())
   trained = train(config, markets, workdir, extra_record={'normalizer': normalizer.to_dict()})
   agent = trained['agent']
   results = {'model': agent.name, 'workdir': str(workdir), 'train': trained['summary'],
@@ -224,7 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
       workdir / 'metrics.jsonl', workdir / 'learning_curve.png',
       f'{agent.name}: learning curve ({config.name})'))}
   results['config'] = config.to_dict()
-  results['results_json'] = str(writers.write_results(workdir, results))
+  results['results_json'] = str(artifacts.write_results(workdir, results))
   return results
 
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 import pandas as pd
 
-from quantum_alpha_jax.train import writers
+from quantum_alpha_jax import artifacts
 
 _COLORS = {'buy and hold': '#7f7f7f', 'random (seed 0)': '#ff7f0e'}
 
@@ -64,7 +64,7 @@ def plot_learning_curve(metrics_path: str | pathlib.Path, path: str | pathlib.Pa
     bottom.legend(fontsize=8)
   figure.tight_layout()
   path = pathlib.Path(path)
-  writers.save_figure(figure, path)
+  artifacts.save_figure(figure, path)
   return path
 
 
@@ -93,5 +93,5 @@ def plot_equity_curves(curves: Mapping[str, tuple[pd.DatetimeIndex, Mapping[str,
   figure.suptitle(title)
   figure.tight_layout()
   path = pathlib.Path(path)
-  writers.save_figure(figure, path)
+  artifacts.save_figure(figure, path)
   return path

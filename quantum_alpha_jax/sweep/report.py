@@ -11,10 +11,10 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.sweep import deflated_sharpe
 from quantum_alpha_jax.sweep import space as space_lib
 from quantum_alpha_jax.sweep import study as study_lib
-from quantum_alpha_jax.train import writers
 
 TABLE_HEADER = f'{"trial":>5} {"state":<9} {"value":>12} {"step":>6} {"seconds":>8}  params'
 
@@ -214,7 +214,7 @@ def finalise(config: ml_collections.ConfigDict, study: Any, workdir: str | pathl
       study.set_user_attr(f'registered_trial_{best.number}', registered)
     summary['best']['registered'] = registered
   summary['sweep_json'] = str(workdir / 'sweep.json')
-  writers.write_json(workdir / 'sweep.json', writers.json_ready(summary))
+  artifacts.write_json(workdir / 'sweep.json', artifacts.json_ready(summary))
   return summary
 
 

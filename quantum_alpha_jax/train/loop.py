@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax import distributed
 from quantum_alpha_jax.data.windows import SplitData
 from quantum_alpha_jax.data.windows import describe_anchors
@@ -305,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, task: Task,
                        config.validation_metric, config.patience)
         record['step'] = step
         record['train_seconds'] = time.perf_counter() - run_start
-        checkpoints.save(step, state, iterator, writers.json_ready(record), metrics=evaluated)
+        checkpoints.save(step, state, iterator, artifacts.json_ready(record), metrics=evaluated)
         logging.info('step %d: validation %s', step, population_lib.format_metrics(evaluated))
         interval_start, interval_steps = time.perf_counter(), 0
         if on_evaluate is not None:

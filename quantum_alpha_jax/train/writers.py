@@ -1,11 +1,10 @@
-"""Run logs: TensorBoard event files (tensorboardX, no TensorFlow), ``metrics.jsonl`` and
-``results.json`` in the workdir.
+"""Training curves: TensorBoard event files (tensorboardX, no TensorFlow) and ``metrics.jsonl`` in
+the workdir. Result files, JSON encoding and figures live in :mod:`quantum_alpha_jax.artifacts`.
 
 In a multi-process run only process 0 writes (:func:`distributed.is_primary`): the other
-processes get a :class:`MetricWriter` that writes nothing, and :func:`write_json`,
-:func:`write_results` and :func:`save_figure` return the path without touching the file.
+processes get a :class:`MetricWriter` that writes nothing.
 
-On resume from step s the writers drop whatever the killed run logged after s (TensorBoard's
+On resume from step s the writer drops whatever the killed run logged after s (TensorBoard's
 ``purge_step``, and a rewrite of ``metrics.jsonl``), so curves never show the same step twice.
 """
 
@@ -18,30 +17,18 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
-import pandas as pd
+import tensorboardX
 
 from quantum_alpha_jax import distributed
-from quantum_alpha_jax.data.store import atomic_write
-from quantum_alpha_jax.data.store import atomic_write_json
-
-
-def json_ready(value: Any) -> Any:
-  """Converts numpy/jax scalars and arrays to Python; NaN and inf become ``None`` (valid JSON)."""
-  if isinstance(value, Mapping):
-    return {str(k): json_ready(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [json_ready(v) for v in value]
-  if hasattr(value, 'tolist') and not isinstance(value, (str, bytes)):
-    return json_ready(np.asarray(value).tolist())
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, (np.floating,)):
-    return json_ready(float(value))
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  if isinstance(value, (pd.Timestamp, pd.Timedelta)):
-    return None if pd.isna(value) else str(value)
-  return value
+from quantum_alpha_jax.artifacts import atomic_write
+from quantum_alpha_jax.artifacts import json_ready
+# transitional (#17): the lead removes this once tasks/, export/, update.py import artifacts
+# (callers of writers.json_ready/write_json/write_results/save_figure: tasks/guardian.py,
+# tasks/oracle.py, tasks/strategist.py, export/pipeline.py, evaluate/saved.py, update.py,
+# registry.py, main_job.py).
+from quantum_alpha_jax.artifacts import save_figure  # pylint: disable=unused-import
+from quantum_alpha_jax.artifacts import write_json  # pylint: disable=unused-import
+from quantum_alpha_jax.artifacts import write_results  # pylint: disable=unused-import
 
 
 class MetricWriter:
@@ -70,7 +57,6 @@ class MetricWriter:
     elif resume_step is None and self.jsonl.exists():
       self.jsonl.unlink()
     if tensorboard:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
       self.tensorboard = tensorboardX.SummaryWriter(
           str(self.workdir / 'tensorboard'),
           purge_step=None if resume_step is None else resume_step + 1, flush_secs=30)
@@ -101,26 +87,3 @@ class MetricWriter:
       self._file.close()
     if self.tensorboard is not None:
       self.tensorboard.close()
-
-
-def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
-  """Writes ``results.json`` atomically (NaN → null) and returns its path (process 0 only)."""
-  return write_json(pathlib.Path(workdir) / 'results.json', results)
-
-
-def write_json(path: str | pathlib.Path, payload: Mapping[str, Any]) -> pathlib.Path:
-  """Writes a JSON file atomically (NaN → null); process 0 only."""
-  path = pathlib.Path(path)
-  if distributed.is_primary():
-    atomic_write_json(path, json_ready(payload))
-  return path
-
-
-def save_figure(figure: Any, path: str | pathlib.Path, dpi: int = 110) -> pathlib.Path:
-  """Saves a matplotlib ``figure`` as ``path`` (process 0 only) and closes it."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(path)
-  if distributed.is_primary():
-    figure.savefig(path, dpi=dpi)
-  plt.close(figure)
-  return path
