@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from quantum_alpha_jax import cli
-from quantum_alpha_jax import update
+from quantum_alpha_jax.ship import update
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/update.py', 'Update config (file[:variant[,model]]).', lock_config=True)

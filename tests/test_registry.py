@@ -19,12 +19,12 @@ import time
 import numpy as np
 import pytest
 
-from quantum_alpha_jax import registry
 from quantum_alpha_jax.data import features
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data import store as store_lib
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.errors import SchemaError
+from quantum_alpha_jax.ship import store as model_store
 from quantum_alpha_jax.train import checkpoint as checkpoint_lib
 from quantum_alpha_jax.train import loop
 from tests.conftest import make_klines
@@ -50,7 +50,7 @@ def feature_store(tmp_path_factory):
 
 def test_save_records_provenance_and_load_returns_the_same_params(tmp_path, feature_store):
   root, _ = feature_store
-  models = registry.ModelStore(tmp_path / 'models')
+  models = model_store.ModelStore(tmp_path / 'models')
   config = {'data': {'store_dir': str(root), 'symbols': ['BTCUSDT'],
                      'splits': {'train': ['2023-01-01', '2023-01-05'],
                                 'validation': ['2023-01-05', '2023-01-07']}},
@@ -86,21 +86,22 @@ def test_save_records_provenance_and_load_returns_the_same_params(tmp_path, feat
 
 
 def test_selectors_promotion_history_and_list(tmp_path):
-  models = registry.ModelStore(tmp_path)
-  with pytest.raises(registry.ModelStoreError, match='no saved versions'):
+  models = model_store.ModelStore(tmp_path)
+  with pytest.raises(model_store.ModelStoreError, match='no saved versions'):
     models.load('oracle')
   for value, loss in ((1.0, 0.5), (2.0, 0.2), (3.0, 0.9)):
     models.save('oracle', _params(value), metrics={'validation': {'loss': loss, 'accuracy': value}})
   assert models.resolve('oracle', 'latest') == 3
   assert models.resolve('oracle', 'best') == 2  # lowest validation loss
   assert models.resolve('oracle', 'best', metric='validation.accuracy', mode='max') == 3
-  with pytest.raises(registry.ModelStoreError, match="no version has the metric 'test.loss'"):
+  with pytest.raises(model_store.ModelStoreError, match="no version has the metric 'test.loss'"):
     models.resolve('oracle', 'best', metric='test.loss')
-  with pytest.raises(registry.ModelStoreError, match='no version has been promoted'):
+  with pytest.raises(model_store.ModelStoreError, match='no version has been promoted'):
     models.load('oracle', 'promoted')
-  with pytest.raises(registry.ModelStoreError, match=r'does not exist — choose one of \[1, 2, 3\]'):
+  with pytest.raises(model_store.ModelStoreError,
+                     match=r'does not exist — choose one of \[1, 2, 3\]'):
     models.load('oracle', 7)
-  with pytest.raises(registry.ModelStoreError, match='is not a name'):
+  with pytest.raises(model_store.ModelStoreError, match='is not a name'):
     models.save('../escape', _params(0.0))
   models.promote('oracle', 2, 'beat the baseline')
   pointer = models.promote('oracle', 'latest', 'fine-tuned', details={'cycle': 'c1'})
@@ -127,7 +128,7 @@ def test_save_from_a_training_run_takes_its_best_checkpoint(tmp_path, feature_st
   workdir = tmp_path / 'run'
   result = loop.train_and_evaluate(config, LinearTask(), data, workdir,
                                    extra_record={'normalizer': normalizer.to_dict()})
-  models = registry.ModelStore(tmp_path / 'models')
+  models = model_store.ModelStore(tmp_path / 'models')
   version = models.save('linear', workdir)
   loaded = models.load('linear', version)
   best, record = checkpoint_lib.load_best(workdir)
@@ -142,7 +143,7 @@ def test_save_from_a_training_run_takes_its_best_checkpoint(tmp_path, feature_st
 def test_a_version_of_another_feature_list_or_schema_is_refused(tmp_path, feature_store,
                                                                 monkeypatch):
   root, _ = feature_store
-  models = registry.ModelStore(tmp_path / 'models')
+  models = model_store.ModelStore(tmp_path / 'models')
   version = models.save('oracle', _params(1.0))
   path = models.version_path('oracle', version) / 'metadata.json'
   original = json.loads(path.read_text())
@@ -166,7 +167,7 @@ def test_a_version_of_another_feature_list_or_schema_is_refused(tmp_path, featur
   rewrite()
   assert models.load('oracle', store_dir=root).version == 1
   # The code's features changed after the save (a renamed feature): refused, naming both sides.
-  monkeypatch.setattr(registry, 'FEATURES', tuple(names[:-1]) + ('volume_z',))
+  monkeypatch.setattr(model_store, 'FEATURES', tuple(names[:-1]) + ('volume_z',))
   with pytest.raises(SchemaError, match=r'gone from the current list \(volume_zscore\); the '
                      r'current list has 1 it never saw \(volume_z\)'):
     models.load('oracle')
@@ -188,21 +189,21 @@ def test_a_version_of_another_feature_list_or_schema_is_refused(tmp_path, featur
   shutil.rmtree(models.version_path('oracle', second) / 'params')
   shutil.copytree(models.version_path('oracle', 1) / 'params',
                   models.version_path('oracle', second) / 'params')
-  with pytest.raises(registry.ModelStoreError, match='do not match the digest'):
+  with pytest.raises(model_store.ModelStoreError, match='do not match the digest'):
     models.load('oracle', second)
 
 
 _SAVER = textwrap.dedent('''
     import os, signal, sys
     import numpy as np
-    from quantum_alpha_jax import registry
+    from quantum_alpha_jax.ship import store as model_store
     root, writer, count, die = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     kill = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     if die == 'before-fsync':  # params and metadata written, nothing flushed or published
-      registry._fsync_tree = kill
+      model_store._fsync_tree = kill
     elif die == 'at-publish':  # everything flushed, killed just before the rename
-      registry._publish = kill
-    store = registry.ModelStore(root)
+      model_store._publish = kill
+    store = model_store.ModelStore(root)
     for index in range(count):
       value = writer * 1000 + index
       params = {'dense': {'kernel': np.full((256, 64), value, np.float32),
@@ -229,7 +230,7 @@ def _check_version(models, version):
 
 
 def test_concurrent_savers_get_distinct_versions_and_readers_never_see_half_a_version(tmp_path):
-  models = registry.ModelStore(tmp_path)
+  models = model_store.ModelStore(tmp_path)
   seen, errors, stop = set(), [], threading.Event()
 
   def read():
@@ -257,7 +258,7 @@ def test_concurrent_savers_get_distinct_versions_and_readers_never_see_half_a_ve
 
 
 def test_a_killed_save_leaves_no_visible_version_and_the_promoted_one_intact(tmp_path):
-  models = registry.ModelStore(tmp_path)
+  models = model_store.ModelStore(tmp_path)
   models.save('model', {'dense': {'kernel': np.full((256, 64), 7.0, np.float32),
                                   'bias': np.full(64, 7.0, np.float32)}}, extra={'value': 7})
   models.promote('model', 1, 'first')

@@ -180,8 +180,8 @@ def test_a_real_study_prunes_finishes_and_scores_the_best_trial_on_test_once(tmp
   assert rerun['get_config']().train.optimizer.learning_rate == best['params'][
       'train.optimizer.learning_rate']
   registered = best['registered']
-  from quantum_alpha_jax import registry  # pylint: disable=g-import-not-at-top
-  metadata = registry.ModelStore(registered['root']).metadata(registered['name'],
+  from quantum_alpha_jax.ship import store as model_store  # pylint: disable=g-import-not-at-top
+  metadata = model_store.ModelStore(registered['root']).metadata(registered['name'],
                                                               registered['version'])
   assert metadata['extra']['study'] == 'sweep-task' and metadata['extra']['trial'] == best['number']
   # Finalising again neither scores test again nor registers a second version.

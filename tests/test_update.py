@@ -16,8 +16,6 @@ import pandas as pd
 import pytest
 
 from configs import update as update_config
-from quantum_alpha_jax import registry
-from quantum_alpha_jax import update
 from quantum_alpha_jax.data import features
 from quantum_alpha_jax.data import klines
 from quantum_alpha_jax.data import schema
@@ -25,6 +23,8 @@ from quantum_alpha_jax.data import store as store_lib
 from quantum_alpha_jax.data import synthetic
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.errors import ConfigError, DataError, SchemaError
+from quantum_alpha_jax.ship import store as model_store
+from quantum_alpha_jax.ship import update
 from quantum_alpha_jax.tasks import oracle
 from quantum_alpha_jax.train import checkpoint as checkpoint_lib
 
@@ -90,7 +90,7 @@ def cycles(market, jax_cache, tmp_path_factory):
           'polls': polls, 'first_files': first_files, 'new_files': new}
 
 
-def _holdout_loss_by_hand(version: registry.ModelVersion, frames, splits: dict,
+def _holdout_loss_by_hand(version: model_store.ModelVersion, frames, splits: dict,
                           cache: pathlib.Path) -> float:
   """Mean pinball loss (percent log-returns) of a stored version on the holdout windows of the
   cycle's ``splits``: targets from the close prices, quantiles from the model, the loss in numpy."""
@@ -115,7 +115,7 @@ def _holdout_loss_by_hand(version: registry.ModelVersion, frames, splits: dict,
 
 def test_the_first_cycle_ingests_trains_from_scratch_and_promotes(cycles):
   record, workdir = cycles['first'], cycles['workdir']
-  models = registry.ModelStore(workdir / 'models')
+  models = model_store.ModelStore(workdir / 'models')
   assert record['mode'] == 'scratch' and record['promote'] and record['incumbent'] is None
   assert record['reason'] == 'promoted: no version was promoted yet'
   assert record['cycle'] == '20240111T0000' and record['data_end'] == '2024-01-11T00:00:00+00:00'
@@ -140,7 +140,7 @@ def test_new_days_are_ingested_finetuned_judged_on_the_newest_day_and_recorded(c
   workdir, config = cycles['workdir'], cycles['config']
   assert len(cycles['watched']) == 1 and len(cycles['polls']) == 1  # second poll: nothing new
   record = cycles['watched'][0]
-  models = registry.ModelStore(workdir / 'models')
+  models = model_store.ModelStore(workdir / 'models')
   assert record['mode'] == 'finetune' and record['cycle'] == '20240114T0000'
   assert sorted(record['ingested']['files']) == sorted(p.name for p in cycles['new_files'])
   assert record['candidate']['version'] == 2 and record['candidate']['parent'] == 1
@@ -226,14 +226,14 @@ def test_fine_tuning_starts_from_the_given_params_and_refuses_another_model(tmp_
 def test_an_interrupted_cycle_leaves_the_store_consistent_and_a_rerun_completes_it(
     cycles, market, monkeypatch):
   workdir, config = cycles['workdir'], cycles['config']
-  models = registry.ModelStore(workdir / 'models')
+  models = model_store.ModelStore(workdir / 'models')
   promoted_before = models.promoted('oracle')
   deliver(market, workdir / 'klines', '2024-01-14', '2024-01-14')
 
   def crash(*args, **kwargs):
     raise RuntimeError('killed after the candidate was saved')
 
-  monkeypatch.setattr(registry.ModelStore, 'add_decision', crash)
+  monkeypatch.setattr(model_store.ModelStore, 'add_decision', crash)
   with pytest.raises(RuntimeError, match='killed'):
     update.run_cycle(config, workdir)
   monkeypatch.undo()
@@ -262,7 +262,7 @@ def test_a_promoted_version_of_another_feature_list_is_refused(cycles, market, t
   shutil.copytree(cycles['workdir'], workdir, ignore=shutil.ignore_patterns('runs', 'jax_cache'))
   config = ml_collections.ConfigDict(cycles['config'].to_dict())
   config.kline_dir = str(workdir / 'klines')
-  models = registry.ModelStore(workdir / 'models')
+  models = model_store.ModelStore(workdir / 'models')
   promoted = models.promoted('oracle')['version']
   versions = models.versions('oracle')
   path = models.version_path('oracle', promoted) / 'metadata.json'
@@ -353,7 +353,7 @@ def test_walk_forward_replays_periods_against_a_frozen_model(jax_cache, tmp_path
   assert first['continual'] == first['frozen'] and first['mode'] == 'scratch'
   assert second['mode'] == 'finetune' and second['frozen_version'] == 1
   assert second['continual_version'] == 2
-  models = registry.ModelStore(workdir / 'simulation' / 'models')
+  models = model_store.ModelStore(workdir / 'simulation' / 'models')
   assert models.load('continual', 2).metadata['extra']['parent'] == 1
   losses = np.array([p['continual']['loss'] for p in results['periods']])
   summary = results['summary']['continual']

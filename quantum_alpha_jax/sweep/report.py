@@ -202,8 +202,8 @@ def finalise(config: ml_collections.ConfigDict, study: Any, workdir: str | pathl
                                           'moments': inputs['moments'],
                                           'periods_per_year': inputs['periods_per_year']}
   if register:
-    from quantum_alpha_jax import registry  # pylint: disable=g-import-not-at-top
-    store = registry.ModelStore(config.registry_dir or workdir / 'models')
+    from quantum_alpha_jax.ship import store as model_store  # pylint: disable=g-import-not-at-top
+    store = model_store.ModelStore(config.registry_dir or workdir / 'models')
     name = config.registry_name or f'{pathlib.Path(str(config.model)).name.split(".")[-1]}-sweep'
     registered = study.user_attrs.get(f'registered_trial_{best.number}')
     if registered is None:

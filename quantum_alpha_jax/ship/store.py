@@ -5,7 +5,7 @@ Layout under ``root`` (one folder per model name)::
   <name>/versions/000007/params/          Orbax checkpoint of the params pytree
   <name>/versions/000007/metadata.json    provenance, below
   <name>/promoted.json                    the promoted version and every promotion before it
-  <name>/decisions/<cycle>.json           the update cycles' decision records (``update.py``)
+  <name>/decisions/<cycle>.json           the update cycles' decision records (``ship/update``)
   <name>/.pending/000008-<pid>-<id>-<host>/   saves in progress: never listed, never read
   <name>/.lock                            ``fcntl.flock`` lock for numbering and promotion
 
@@ -13,7 +13,8 @@ A version's ``metadata.json`` holds the full config, the data it was trained on 
 the first and last bar, and every feature-store file read, with its SHA-256), the feature list and
 the store schema version, the normaliser statistics, the code revision (``git rev-parse HEAD`` and
 a dirty flag, or ``'unknown'``), the validation and test metrics, the creation time (UTC) and a
-SHA-256 digest of the params (leaf paths, dtypes, shapes and bytes, in tree order).
+SHA-256 digest of the params (leaf paths, dtypes, shapes and bytes, in tree order); the helpers
+that gather them live in :mod:`.provenance`.
 
 Atomicity. A save takes the lock only to pick its number: one more than every published or
 pending number, so concurrent savers never collide. It then writes the params and the metadata
@@ -33,16 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import fcntl
-import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
 import socket
-import subprocess
 import uuid
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -51,18 +49,18 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data import store as store_lib
+from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.errors import QuantumAlphaError, SchemaError, describe
-from quantum_alpha_jax.train import checkpoint as checkpoint_lib
-from quantum_alpha_jax.train import writers
+from quantum_alpha_jax.ship import provenance
 
 METADATA_FORMAT = 1
 VERSIONS, PENDING, LOCK = 'versions', '.pending', '.lock'
 PROMOTED, DECISIONS = 'promoted.json', 'decisions'
 SELECTORS = ('latest', 'best', 'promoted')
-REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$')
 _VERSION_DIGITS = 6
 DAMAGED = 'the version folder was altered by hand: remove it'
@@ -92,7 +90,6 @@ class ModelVersion:
   @property
   def normalizer(self):
     """The ``windows.Normalizer`` fitted for it, or None."""
-    from quantum_alpha_jax.data import windows  # pylint: disable=g-import-not-at-top
     stats = self.metadata.get('normalizer')
     return None if not stats else windows.Normalizer.from_dict(stats)
 
@@ -102,64 +99,7 @@ class ModelVersion:
 
 
 # ----------------------------------------------------------------------------------------------
-# Provenance helpers.
-
-
-def utc_now() -> str:
-  """The current time, ISO 8601 in UTC."""
-  return datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
-def code_revision(directory: str | os.PathLike[str] = REPOSITORY) -> dict[str, Any]:
-  """``{'revision': <git HEAD>, 'dirty': bool}``; ``'unknown'`` / None outside a git checkout."""
-  def git(*arguments: str) -> str | None:
-    try:
-      done = subprocess.run(['git', '-C', str(directory), *arguments], capture_output=True,
-                            text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-      return None
-    return done.stdout if done.returncode == 0 else None
-
-  revision = git('rev-parse', 'HEAD')
-  if revision is None:
-    return {'revision': 'unknown', 'dirty': None}
-  status = git('status', '--porcelain', '--untracked-files=no')
-  return {'revision': revision.strip(), 'dirty': None if status is None else bool(status.strip())}
-
-
-def params_digest(params: Any) -> str:
-  """SHA-256 over every leaf's path, dtype, shape and bytes, in tree order."""
-  digest = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    value = np.ascontiguousarray(np.asarray(leaf))
-    digest.update(f'{jax.tree_util.keystr(path)}|{value.dtype.str}|{value.shape}|'.encode())
-    digest.update(value.tobytes())
-  return digest.hexdigest()
-
-
-def store_fingerprint(store_dir: str | os.PathLike[str], symbols: Sequence[str] | None = None,
-                      start: Any = None, end: Any = None) -> dict[str, Any]:
-  """The feature-store files a model read (bars in ``[start, end)`` of ``symbols``), each with its
-  build, rows, first and last bar and the SHA-256 of its bytes as they are now."""
-  root = pathlib.Path(store_dir)
-  manifest = store_lib.read_manifest(root)
-  start = None if start is None else schema.to_utc(start, 'store_fingerprint start')
-  end = None if end is None else schema.to_utc(end, 'store_fingerprint end')
-  files = []
-  for stem, build in sorted(manifest['files'].items()):
-    symbol, year = stem.rsplit('_', 2)[0], int(stem.rsplit('_', 2)[1])
-    if symbols is not None and symbol not in symbols:
-      continue
-    if (start is not None and year < start.year) or (end is not None and year > end.year):
-      continue
-    sidecar = store_lib.read_metadata(root, symbol, year)
-    files.append({'file': f'{stem}.parquet', 'symbol': symbol, 'year': year, 'build': build,
-                  'rows': sidecar.get('rows'), 'first': sidecar.get('first'),
-                  'last': sidecar.get('last'),
-                  'sha256': store_lib.sha256_file(root / f'{stem}.parquet')})
-  return {'store_dir': str(root), 'schema_version': manifest['schema_version'],
-          'features': list(FEATURES), 'start': None if start is None else start.isoformat(),
-          'end': None if end is None else end.isoformat(), 'files': files}
+# Compatibility with the current feature list and store schema.
 
 
 def feature_difference(saved: Sequence[str], current: Sequence[str]) -> str | None:
@@ -261,7 +201,7 @@ def _config_dict(config: Any) -> dict[str, Any] | None:
     return None
   if isinstance(config, ml_collections.ConfigDict):
     config = config.to_dict()
-  return json.loads(json.dumps(writers.json_ready(dict(config)), default=str))
+  return json.loads(json.dumps(artifacts.json_ready(dict(config)), default=str))
 
 
 def _normalizer_dict(normalizer: Any) -> dict[str, Any] | None:
@@ -343,10 +283,11 @@ class ModelStore:
 
     ``source`` is a params pytree, or the workdir of a ``train.loop`` run (its best checkpoint's
     params, config, normaliser and validation metrics, plus test metrics from ``results.json``).
-    ``data`` defaults to :func:`store_fingerprint` of ``config.data`` over its split dates.
+    ``data`` defaults to :func:`.provenance.store_fingerprint` of ``config.data`` over its split
+    dates.
     """
     if isinstance(source, (str, os.PathLike)):
-      params, from_run = _read_run(pathlib.Path(source))
+      params, from_run = provenance.read_run(pathlib.Path(source))
       config = config if config is not None else from_run['config']
       normalizer = normalizer if normalizer is not None else from_run['normalizer']
       metrics = metrics if metrics is not None else from_run['metrics']
@@ -356,24 +297,25 @@ class ModelStore:
     params = jax.device_get(params)
     config_dict = _config_dict(config)
     if data is None and config_dict and isinstance(config_dict.get('data'), Mapping):
-      data = _data_from_config(config_dict['data'])
+      data = provenance.data_from_config(config_dict['data'])
     number, staging = self._allocate(name)
     try:
       _checkpointer().save(staging / 'params', args=ocp.args.StandardSave(params))
       leaves = jax.tree.leaves(params)
       metadata = {
-          'format': METADATA_FORMAT, 'name': name, 'version': number, 'created': utc_now(),
+          'format': METADATA_FORMAT, 'name': name, 'version': number,
+          'created': provenance.utc_now(),
           'features': list(FEATURES), 'store_schema_version': schema.SCHEMA_VERSION,
           'config': config_dict, 'normalizer': _normalizer_dict(normalizer),
           'data': dict(data) if data is not None else None,
-          'metrics': dict(metrics or {}), 'code': code_revision(),
+          'metrics': dict(metrics or {}), 'code': provenance.code_revision(),
           'params': {'count': int(sum(np.size(x) for x in leaves)),
                      'bytes': int(sum(np.asarray(x).nbytes for x in leaves)),
-                     'sha256': params_digest(params)},
+                     'sha256': provenance.params_digest(params)},
           'extra': dict(extra or {}),
       }
       (staging / 'metadata.json').write_text(
-          json.dumps(writers.json_ready(metadata), indent=1, default=str))
+          json.dumps(artifacts.json_ready(metadata), indent=1, default=str))
       _fsync_tree(staging)
       _publish(staging, self.version_path(name, number))
     except BaseException:
@@ -445,7 +387,7 @@ class ModelStore:
     loaded = None
     if params:
       loaded = _checkpointer().restore(path / 'params')
-      digest = params_digest(loaded)
+      digest = provenance.params_digest(loaded)
       if digest != metadata.get('params', {}).get('sha256'):
         raise ModelStoreError(describe(f'{path}/params', 'the params do not match the digest in '
                                        'metadata.json', DAMAGED))
@@ -486,10 +428,10 @@ class ModelStore:
     with self._locked(name) as directory:
       previous = self.promoted(name)
       entry = {'version': number, 'previous': None if previous is None else previous['version'],
-               'reason': str(reason), 'time': utc_now(), 'details': dict(details or {})}
+               'reason': str(reason), 'time': provenance.utc_now(), 'details': dict(details or {})}
       history = list((previous or {}).get('history', [])) + [entry]
       pointer = {'name': name, **entry, 'history': history}
-      writers.write_json(directory / PROMOTED, pointer)
+      artifacts.write_json(directory / PROMOTED, pointer)
       _fsync_directory(directory)
     return pointer
 
@@ -498,7 +440,7 @@ class ModelStore:
     cycle = str(record.get('cycle', ''))
     if not _NAME.match(cycle):
       raise ModelStoreError(describe('decision record', f'cycle {cycle!r} is not a name'))
-    return writers.write_json(self._model_dir(name) / DECISIONS / f'{cycle}.json', dict(record))
+    return artifacts.write_json(self._model_dir(name) / DECISIONS / f'{cycle}.json', dict(record))
 
   def decision(self, name: str, cycle: str) -> dict[str, Any] | None:
     path = self._model_dir(name) / DECISIONS / f'{cycle}.json'
@@ -510,33 +452,3 @@ class ModelStore:
     if not directory.is_dir():
       return []
     return [json.loads(p.read_text()) for p in sorted(directory.glob('*.json'))]
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading a training run.
-
-
-def _data_from_config(data: Mapping[str, Any]) -> dict[str, Any] | None:
-  """The fingerprint of the store a ``config.data`` block trained on (None if it is not there)."""
-  store_dir = data.get('store_dir')
-  if not store_dir or not (pathlib.Path(store_dir) / store_lib.MANIFEST).exists():
-    return None
-  splits = {name: list(bounds) for name, bounds in (data.get('splits') or {}).items()}
-  bounds = [schema.to_utc(b, 'config.data.splits') for pair in splits.values() for b in pair]
-  fingerprint = store_fingerprint(store_dir, data.get('symbols'),
-                                  min(bounds) if bounds else None, max(bounds) if bounds else None)
-  fingerprint['splits'] = splits
-  return fingerprint
-
-
-def _read_run(workdir: pathlib.Path) -> tuple[Any, dict[str, Any]]:
-  """Best params, config, normaliser and metrics of a ``train.loop`` run directory."""
-  params, record = checkpoint_lib.load_best(workdir)
-  metrics = {'validation': record.get('best_metrics') or {}, 'best_step': record.get('best_step')}
-  results = workdir / 'results.json'
-  if results.exists():
-    test = json.loads(results.read_text()).get('test')
-    if isinstance(test, Mapping):  # the scalar figures of the run's test report
-      metrics['test'] = {k: v for k, v in test.items() if isinstance(v, (int, float))}
-  return params, {'config': record.get('config'), 'normalizer': record.get('normalizer'),
-                  'metrics': metrics}
