@@ -64,8 +64,8 @@ class BarRejected(errors.DataError):
   """A kline the stream refuses; the stream's state is exactly as before the push.
 
   ``reason`` names the kind, for a caller that treats some as routine (a duplicate while following
-  a growing file): 'out_of_order', 'duplicate', 'off_grid', 'missing_column', 'not_a_number',
-  'non_finite', 'inconsistent'.
+  a growing file): 'out_of_order', 'duplicate', 'off_grid', 'bad_time', 'missing_column',
+  'not_a_number', 'non_finite', 'inconsistent'.
   """
 
   def __init__(self, message: str, reason: str):
@@ -398,7 +398,7 @@ class SymbolStream:
   # Checks: everything that can refuse a bar runs before the state changes.
 
   def _where(self, time_ns: int) -> str:
-    return f'{self.symbol} bar {pd.Timestamp(time_ns, tz="UTC").strftime("%Y-%m-%d %H:%M")}'
+    return f'{self.symbol} bar {_time_text(time_ns)}'
 
   def _open_time_ns(self, kline: Mapping[str, Any]) -> int:
     """The kline's open time as int nanoseconds (see TIME_KEYS)."""
@@ -417,7 +417,7 @@ class SymbolStream:
           raise BarRejected(errors.describe(
               f'{self.symbol} bar {timestamp}', 'the open time has no time zone',
               'give UTC times (pd.Timestamp(..., tz="UTC")): naive times are ambiguous'),
-              'not_a_number')
+              'bad_time')
         return int(timestamp.as_unit('ns').value)
       if key == schema.TIMESTAMP:
         raise TypeError(f'{type(value).__name__}')
@@ -431,7 +431,7 @@ class SymbolStream:
       raise BarRejected(errors.describe(
           f'{self.symbol} bar', f'open time {key}={value!r} is not a time ({error})',
           'give open_time_ns as int nanoseconds, timestamp as a UTC pd.Timestamp, or open_time '
-          'as epoch milliseconds'), 'not_a_number') from None
+          'as epoch milliseconds'), 'bad_time') from None
 
   def _kline_values(self, kline: Mapping[str, Any], where: str) -> tuple[float, ...]:
     """OHLCV (+ count, taker-buy volume when the stream carries extras) as checked floats."""
@@ -494,7 +494,7 @@ class SymbolStream:
             'duplicate')
       if time_ns < last:
         raise BarRejected(errors.describe(
-            where, f'out of order: the stream is at {self._where(last).split(" bar ")[1]}',
+            where, f'out of order: the stream is already at {_time_text(last)}',
             'push bars in time order; a late bar cannot be inserted into the past'),
             'out_of_order')
       missing = (time_ns - last) // self.step_ns - 1
@@ -651,6 +651,11 @@ class SymbolStream:
     zscore = 0.0 if std == 0 else (trades - mean) / std
     with np.errstate(over='ignore'):
       return np.array((ratio, zscore), dtype=np.float32)
+
+
+def _time_text(time_ns: int) -> str:
+  """``2023-03-24 12:35`` (UTC), as the kline errors print times."""
+  return pd.Timestamp(time_ns, tz='UTC').strftime('%Y-%m-%d %H:%M')
 
 
 def _whole_number(value: Any) -> int:
