@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantum_alpha_jax.data import klines, schema
+from quantum_alpha_jax.data import kline_files, klines, schema
 from quantum_alpha_jax.errors import ConfigError, DataError
 from tests.conftest import make_klines
 
@@ -32,7 +32,7 @@ def binance_rows(frame: pd.DataFrame, unit: str = 'ms') -> list[list]:
 
 
 def write_csv(path, rows, header: bool = False) -> None:
-  lines = [','.join(klines.BINANCE_COLUMNS)] if header else []
+  lines = [','.join(kline_files.BINANCE_COLUMNS)] if header else []
   lines += [','.join(str(v) for v in row) for row in rows]
   path.write_text('\n'.join(lines) + '\n')
 
@@ -404,7 +404,7 @@ def test_binance_header_in_another_order_is_mapped_by_name(tmp_path):
   rows = binance_rows(frame)
   order = [0, 4, 2, 3, 1] + list(range(5, 12))  # close and open swapped in the header and data
   path = tmp_path / 'BTCUSDT-5m-2023-01.csv'
-  lines = [','.join(klines.BINANCE_COLUMNS[i] for i in order)]
+  lines = [','.join(kline_files.BINANCE_COLUMNS[i] for i in order)]
   lines += [','.join(str(row[i]) for i in order) for row in rows]
   path.write_text('\n'.join(lines) + '\n')
   read, _ = klines.read_klines(path)
