@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from quantum_alpha_jax import errors
+from quantum_alpha_jax import fills
 from quantum_alpha_jax.backtest import crosscheck
 from quantum_alpha_jax.backtest import engine
 from quantum_alpha_jax.backtest import report
@@ -381,8 +382,8 @@ def test_filled_bars_match_the_reference_loop(threshold):
   np.testing.assert_allclose(result.units, units, rtol=1e-11, atol=1e-15)
   assert not np.any(result.traded_units[~observed])
   assert np.count_nonzero(result.traded_units) > 100
-  batch = engine.simulate_batch(np.stack([target, target]), np.stack([open_price, open_price]),
-                                slippage_bps=3.0, observed=np.stack([observed, observed]))
+  batch = fills.simulate_batch(np.stack([target, target]), np.stack([open_price, open_price]),
+                               slippage_bps=3.0, observed=np.stack([observed, observed]))
   if threshold is None:
     np.testing.assert_allclose(batch['units'][1], units, rtol=1e-11, atol=1e-15)
 

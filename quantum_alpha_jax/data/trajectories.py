@@ -18,7 +18,7 @@ after (``r+L``, which pays the last decision). Step ``t`` decides at the CLOSE o
   ``a_t = hold if p_t = p_{t-1}, buy if p_t > 0, sell otherwise`` and ``σ_t = |p_t|``
   (:func:`actions_from_positions` / :func:`next_position` are inverse).
 - reward ``ρ_t = reward_scale · log(E_{t+1} / E_t)`` with ``E_t`` the equity at the close of bar
-  ``r+t`` from the backtest engine (``backtest.engine.simulate_batch``: ``p_t`` fills at the open of
+  ``r+t`` from the backtest's fill model (``fills.simulate_batch``: ``p_t`` fills at the open of
   bar ``r+t+1`` paying the fee (0.1%) and slippage on the traded notional, weights drift between
   changes). ``Σ ρ_t`` is the episode's log-return after costs.
 - returns-to-go ``R_t = Σ_{j=t}^{L-1} γ^{j-t} ρ_j`` (γ = ``discount``); the model's return token is
@@ -73,7 +73,7 @@ import numpy as np
 import pandas as pd
 
 from quantum_alpha_jax import errors
-from quantum_alpha_jax.backtest import engine
+from quantum_alpha_jax import fills
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 
@@ -117,8 +117,8 @@ class TrajectorySpec:
   condition_on: str = 'realised'
   sizes: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
   initial_flat_probability: float = 0.5
-  fee_rate: float = engine.DEFAULT_FEE_RATE
-  slippage_bps: float = engine.DEFAULT_SLIPPAGE_BPS
+  fee_rate: float = fills.DEFAULT_FEE_RATE
+  slippage_bps: float = fills.DEFAULT_SLIPPAGE_BPS
   seed: int = 0
 
   def __post_init__(self):
@@ -429,7 +429,7 @@ def episode_rewards(initial: np.ndarray, positions: np.ndarray, open_price: np.n
   positions = np.asarray(positions, np.float64)
   targets = np.concatenate([np.asarray(initial, np.float64)[:, None], positions,
                             positions[:, -1:]], axis=1)
-  state = engine.simulate_batch(targets, open_price, fee_rate=spec.fee_rate,
+  state = fills.simulate_batch(targets, open_price, fee_rate=spec.fee_rate,
                                 slippage_bps=spec.slippage_bps, observed=observed)
   equity = state['cash'] + state['units'] * np.asarray(close, np.float64)
   return spec.reward_scale * np.diff(np.log(equity[:, 1:]), axis=1)

@@ -12,7 +12,7 @@ a decision never trades at the close of the bar whose features produced it). The
 to ``t + 1``.
 
 Fill, fees and slippage. The book is ``(cash, units)`` with equity starting at 1. The fill is
-:func:`quantum_alpha_jax.backtest.engine.fill_at_open`, the backtest engine's own model: the
+:func:`quantum_alpha_jax.fills.fill_at_open`, the backtest engine's own model: the
 desired holding is ``target * equity_open / fill`` units, the fill price is
 ``open * (1 + slippage * sign(trade))``, and the fee ``fee_rate * |trade| * fill`` is paid from
 cash. With ``rebalance_threshold=None`` the book trades only when the target changes (a constant
@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantum_alpha_jax import errors
-from quantum_alpha_jax.backtest import engine
+from quantum_alpha_jax import fills
 
 ACTION_MODES = ('discrete', 'continuous')
 HOLD, BUY, SELL = 0, 1, 2
@@ -78,8 +78,8 @@ class EnvParams:
   lookback: int = struct.field(pytree_node=False, default=1)
   action_mode: str = struct.field(pytree_node=False, default='discrete')
   allow_short: bool = struct.field(pytree_node=False, default=False)
-  fee_rate: float = struct.field(pytree_node=False, default=engine.DEFAULT_FEE_RATE)
-  slippage_bps: float = struct.field(pytree_node=False, default=engine.DEFAULT_SLIPPAGE_BPS)
+  fee_rate: float = struct.field(pytree_node=False, default=fills.DEFAULT_FEE_RATE)
+  slippage_bps: float = struct.field(pytree_node=False, default=fills.DEFAULT_SLIPPAGE_BPS)
   rebalance_threshold: float | None = struct.field(pytree_node=False, default=None)
 
   @property
@@ -148,8 +148,8 @@ def episode_starts(tradable: np.ndarray, episode_length: int) -> np.ndarray:
 
 def make_params(features, open_price, close, *, tradable=None, episode_length: int = 256,
                 lookback: int = 1, action_mode: str = 'discrete', allow_short: bool = False,
-                fee_rate: float = engine.DEFAULT_FEE_RATE,
-                slippage_bps: float = engine.DEFAULT_SLIPPAGE_BPS,
+                fee_rate: float = fills.DEFAULT_FEE_RATE,
+                slippage_bps: float = fills.DEFAULT_SLIPPAGE_BPS,
                 rebalance_threshold: float | None = None, where: str = 'env',
                 observed=None) -> EnvParams:
   """Validates host arrays ``features [rows, F]``, ``open``/``close [rows]`` and the rules; returns
@@ -276,7 +276,7 @@ def transition(state: EnvState, target: jax.Array, params: EnvParams
   threshold = params.rebalance_threshold
   observed = params.observed[next_row]
   changed = (target != state.target) | state.pending
-  (cash, units, held), (trade, fill, fee) = engine.fill_at_open(
+  (cash, units, held), (trade, fill, fee) = fills.fill_at_open(
       (state.cash, state.units, state.held), target, params.open[next_row], changed,
       fee_rate=params.fee_rate, slippage=params.slippage_bps / 10_000,
       threshold=0.0 if threshold is None else threshold, use_threshold=threshold is not None,
