@@ -8,6 +8,7 @@ import pytest
 
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data import synthetic
+from quantum_alpha_jax.evaluate import bayes_filter
 from quantum_alpha_jax.evaluate import ceiling
 
 SYMBOL = 'BTCUSDT'
@@ -18,7 +19,7 @@ def learnable():
   parameters = synthetic.preset('learnable')
   frame = synthetic.generate_market(SYMBOL, '2024-01-01', '2024-01-22', seed=1,
                                     parameters=parameters)[SYMBOL]
-  return parameters, frame, ceiling.regime_filter(frame, parameters, SYMBOL)
+  return parameters, frame, bayes_filter.regime_filter(frame, parameters, SYMBOL)
 
 
 def test_filter_beats_majority_class_by_a_wide_margin(learnable):
@@ -37,7 +38,7 @@ def test_filter_is_at_chance_when_regimes_are_identical():
       annual_volatility=(0.6, 0.6, 0.6), sideways_reversion_half_life_hours=1e9)
   frame = synthetic.generate_market(SYMBOL, '2024-01-01', '2024-01-08', seed=0,
                                     parameters=parameters)[SYMBOL]
-  result = ceiling.regime_filter(frame, parameters, SYMBOL)
+  result = bayes_filter.regime_filter(frame, parameters, SYMBOL)
   # Nothing in the returns tells the regimes apart: the posterior stays at the chain's stationary
   # law, and its arg-max is the constant stationary mode.
   np.testing.assert_allclose(result.posterior,
@@ -86,12 +87,12 @@ def test_forecast_matches_monte_carlo_of_the_generator(preset, tolerance):
   parameters = synthetic.preset(preset)
   frame = synthetic.generate_market(SYMBOL, '2024-01-01', '2024-01-06', seed=2,
                                     parameters=parameters)[SYMBOL]
-  result = ceiling.regime_filter(frame, parameters, SYMBOL)
+  result = bayes_filter.regime_filter(frame, parameters, SYMBOL)
   regime = frame[schema.REGIME].to_numpy()
   # Anchors in each regime (and one with a far-from-anchor gap), where the forecast differs most.
   anchors = sorted({int(np.flatnonzero(regime == k)[-1]) for k in np.unique(regime)}
                    | {int(np.argmax(np.abs(result.gap[288:])) + 288), len(frame) - 1})
-  distribution = ceiling.forecast_distribution(result, parameters, SYMBOL, anchors, horizon=24)
+  distribution = bayes_filter.forecast_distribution(result, parameters, SYMBOL, anchors, horizon=24)
   probability = distribution.probability_up()
   levels = (0.1, 0.5, 0.9)
   quantiles = distribution.quantiles(levels)
@@ -109,7 +110,7 @@ def test_quantiles_are_calibrated_on_a_generated_market(learnable):
   parameters, _, result = learnable
   anchors = np.arange(288 * 7, result.log_close.size - 24, 3)
   levels = (0.1, 0.5, 0.9)
-  predicted = ceiling.forecast_distribution(result, parameters, SYMBOL, anchors, 24).quantiles(
+  predicted = bayes_filter.forecast_distribution(result, parameters, SYMBOL, anchors, 24).quantiles(
       levels)
   realised = result.log_close[anchors[:, None] + np.arange(1, 25)] - result.log_close[anchors, None]
   for index, level in enumerate(levels):
@@ -125,15 +126,15 @@ def test_filter_is_causal(learnable):
   new_close[cut + 1:] *= np.exp(np.cumsum(rng.normal(0, 0.01, new_close.size - cut - 1)))
   changed['close'] = new_close
   changed.loc[cut + 1:, 'open'] = new_close[cut:-1]
-  other = ceiling.regime_filter(changed, parameters, SYMBOL)
+  other = bayes_filter.regime_filter(changed, parameters, SYMBOL)
   assert not np.allclose(other.posterior[cut + 1:], result.posterior[cut + 1:])
   for name in ('posterior', 'gap', 'next_variance'):
     np.testing.assert_array_equal(getattr(other, name)[:cut + 1],
                                   getattr(result, name)[:cut + 1])
   anchors = np.arange(cut - 100, cut + 1)
   np.testing.assert_array_equal(
-      ceiling.forecast_distribution(other, parameters, SYMBOL, anchors).probability_up(),
-      ceiling.forecast_distribution(result, parameters, SYMBOL, anchors).probability_up())
+      bayes_filter.forecast_distribution(other, parameters, SYMBOL, anchors).probability_up(),
+      bayes_filter.forecast_distribution(result, parameters, SYMBOL, anchors).probability_up())
 
 
 def _independent_backtest(target, open_price, fee_rate, slippage):
@@ -162,7 +163,7 @@ def test_policy_return_after_fees_through_the_engine(learnable):
                                   validation=('2024-01-08', '2024-01-15'), margins=(0.0, 0.1))
   policy = report['policy']['long_only']
   scored = np.flatnonzero(frame[schema.TIMESTAMP] >= '2024-01-15')
-  signal = ceiling.forecast_distribution(result, parameters, SYMBOL, scored).probability_up()[:, -1]
+  signal = bayes_filter.forecast_distribution(result, parameters, SYMBOL, scored).probability_up()[:, -1]
   target = (signal > 0.5 + policy['margin']).astype(float)
   cash, units = _independent_backtest(target, frame['open'].to_numpy()[scored], 0.001, 1e-4)
   final = cash + units * frame['close'].to_numpy()[scored[-1]]
@@ -176,4 +177,4 @@ def test_policy_return_after_fees_through_the_engine(learnable):
 def test_refuses_a_series_that_does_not_start_at_the_generator_start(learnable):
   parameters, frame, _ = learnable
   with pytest.raises(ceiling.errors.DataError, match='first bar'):
-    ceiling.regime_filter(frame.iloc[10:].reset_index(drop=True), parameters, SYMBOL)
+    bayes_filter.regime_filter(frame.iloc[10:].reset_index(drop=True), parameters, SYMBOL)
