@@ -6,7 +6,7 @@ TFT, from the same normalised windows. Everything else is the Oracle's (:mod:`.o
 pinball loss and its metrics, P(up) from the quantiles, the evaluation beside the zero / persistence
 / train-mean / climatology baselines, ``results.json`` (same keys; ``variable_importance`` and
 ``attention_mean_by_key_position`` are ``None``, since the LSTM has no such weights),
-``bar_signals`` and ``load``.
+``bar_signals`` and ``load``. Importing the module registers the model ``'lstm'``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from quantum_alpha_jax.data.schema import KNOWN_SYMBOLS
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.models.lstm import LSTMForecaster
 from quantum_alpha_jax.tasks import oracle
+from quantum_alpha_jax.tasks import registry
 
 # The Oracle's, unchanged: the LSTM reads the same windows and yields the same per-bar signals.
 window_spec = oracle.window_spec
@@ -66,3 +67,11 @@ def format_results(results: dict[str, Any]) -> str:
 def load(workdir: str | pathlib.Path) -> tuple[LSTMTask, Any, ml_collections.ConfigDict]:
   """The LSTM of a finished (or running) ``experiments.lstm`` run: ``(task, params, config)``."""
   return oracle.load_run(workdir, LSTMTask)
+
+
+ENTRY = registry.register(
+    'lstm', title='LSTM', make_task=LSTMTask.from_config, window_spec=window_spec,
+    metrics=oracle.loss_metrics, run=run, load=load, bar_signals=oracle.saved_signals,
+    signal_columns=oracle.SIGNAL_COLUMNS, evaluate=oracle.evaluate_saved,
+    format_results=format_results,
+    export_fns='quantum_alpha_jax.export.inference:quantile_forecaster', export_args=('lstm',))

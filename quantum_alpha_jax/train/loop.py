@@ -4,7 +4,12 @@ Orbax checkpoints with exact resume, TensorBoard + ``metrics.jsonl`` + a progres
 A task is any object with
 
 - ``init_params(rng, batch) -> params``: fp32 params from one example batch (numpy, unsharded);
-- ``loss_fn(params, batch, rng) -> (loss, metrics)``: see :mod:`quantum_alpha_jax.train.step`.
+- ``loss_fn(params, batch, rng, step=None) -> (loss, metrics)``: see
+  :mod:`quantum_alpha_jax.train.step` (``step``, optional in the signature, is the optimizer step in
+  training and ``None`` in evaluation, for losses on a schedule).
+
+The whole protocol of a model (windows, signals, evaluation, formatting) is
+:class:`quantum_alpha_jax.tasks.protocol.Task`; the loop needs only these two members.
 
 ``train_and_evaluate(config, task, data, workdir)`` trains on ``data['train']``, evaluates on
 ``data['validation']`` and returns the best params by the validation metric.
@@ -55,8 +60,8 @@ class Task(Protocol):
   def init_params(self, rng: jax.Array, batch: Mapping[str, np.ndarray]) -> Any:
     ...
 
-  def loss_fn(self, params: Any, batch: Mapping[str, jax.Array],
-              rng: jax.Array | None) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+  def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None,
+              step: jax.Array | None = None) -> tuple[jax.Array, Mapping[str, jax.Array]]:
     ...
 
 

@@ -2,7 +2,10 @@
 
 A task supplies ``loss_fn(params, batch, rng) -> (loss, metrics)``: ``loss`` a scalar, ``metrics`` a
 dict of scalars that are means over the batch's real items (``batch['mask'] == 1``). ``rng`` is a
-PRNG key in training and ``None`` in evaluation (the model then runs deterministically).
+PRNG key in training and ``None`` in evaluation (the model then runs deterministically). A
+``loss_fn`` with a ``step`` parameter also receives the optimizer step (an int32 scalar, the
+state's step before the update) in training and ``None`` in evaluation, so that a loss can follow a
+schedule (KL annealing, a curriculum); evaluation then scores the loss at the schedule's end.
 
 The step casts the params and the floating batch arrays to ``compute_dtype``; gradients flow back
 through the cast, so master params, optimizer state and the loss reduction stay fp32.
@@ -15,6 +18,7 @@ inserts the gradient all-reduce; 1 device and N devices compute the same update.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping
 
 import jax
@@ -98,6 +102,22 @@ def _batch_weight(batch: Mapping[str, jax.Array]) -> jax.Array:
   return jnp.asarray(jax.tree.leaves(batch)[0].shape[0], jnp.float32)
 
 
+def accepts_step(loss_fn: Callable[..., Any]) -> bool:
+  """True when ``loss_fn`` takes a ``step`` argument (see the module doc)."""
+  try:
+    return 'step' in inspect.signature(loss_fn).parameters
+  except (TypeError, ValueError):  # a builtin or C callable: no inspectable signature
+    return False
+
+
+def _call_loss(loss_fn: Callable[..., Any], params: Any, batch: Any, rng: jax.Array | None,
+               step: jax.Array | None) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+  """``loss_fn(params, batch, rng[, step=step])``: the step only to a loss that takes one."""
+  if accepts_step(loss_fn):
+    return loss_fn(params, batch, rng, step=step)
+  return loss_fn(params, batch, rng)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], mesh: jax.sharding.Mesh, *,
                     dtype: jnp.dtype = jnp.float32, accumulation_steps: int = 1,
@@ -118,8 +138,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   if accumulation_steps < 1:
     raise ConfigError(describe('config.accumulation_steps', f'{accumulation_steps} < 1'))
 
-  def compute(params, batch, rng):
-    loss, metrics = loss_fn(cast_floating(params, dtype), cast_floating(batch, dtype), rng)
+  def compute(params, batch, rng, step):
+    loss, metrics = _call_loss(loss_fn, cast_floating(params, dtype), cast_floating(batch, dtype),
+                               rng, step)
     return loss.astype(jnp.float32), jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
 
   gradient_fn = jax.value_and_grad(compute, has_aux=True)
@@ -127,7 +148,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   def step(state: TrainState, batch: Mapping[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
     if accumulation_steps == 1:
-      (loss, metrics), grads = gradient_fn(state.params, batch, rng)
+      (loss, metrics), grads = gradient_fn(state.params, batch, rng, state.step)
     else:
       def split(x):
         if x.shape[0] % accumulation_steps:
@@ -141,12 +162,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
       def accumulate(carry, inputs):
         index, micro = inputs
-        (loss, metrics), grads = gradient_fn(state.params, micro, jax.random.fold_in(rng, index))
+        (loss, metrics), grads = gradient_fn(state.params, micro, jax.random.fold_in(rng, index),
+                                             state.step)
         total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
         return total, None
 
       zeros = jax.eval_shape(gradient_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches),
-                             rng)
+                             rng, state.step)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[0][0], zeros[0][1],
                                                                    zeros[1]))
       (loss, metrics, grads), _ = jax.lax.scan(
@@ -182,7 +204,8 @@ def make_eval_step(loss_fn: LossFn, mesh: jax.sharding.Mesh, *, dtype: jnp.dtype
   With ``population = K > 1`` the params are K-stacked and every sum is a ``[K]`` array."""
 
   def step(params, batch):
-    loss, metrics = loss_fn(cast_floating(params, dtype), cast_floating(batch, dtype), None)
+    loss, metrics = _call_loss(loss_fn, cast_floating(params, dtype), cast_floating(batch, dtype),
+                               None, None)
     weight = _batch_weight(batch)
     sums = {name: value.astype(jnp.float32) * weight for name, value in metrics.items()}
     sums['loss'] = loss.astype(jnp.float32) * weight

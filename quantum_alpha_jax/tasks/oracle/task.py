@@ -1,4 +1,4 @@
-"""The Oracle task: the TFT forecasts the cumulative log-return of the next ``decoder_length`` bars.
+"""The Oracle's task: the TFT forecasts the cumulative log-return of the next ``decoder_length`` bars.
 
 Target. For a window whose last encoder bar is ``t`` (the anchor), horizon ``h`` (1-based) is
 ``y_h = log(close[t + h] / close[t])``, the cumulative sum of the future bar log-returns, scaled by
@@ -16,38 +16,28 @@ Uncertainty. The width of the outermost interval, ``q_max - q_min`` (in log-retu
 
 Any model that maps ``(encoder, decoder_known, symbol)`` to ``{'quantiles': [batch, H, Q], ...}``
 can stand in for the TFT: the LSTM baseline (``tasks/lstm.py``) subclasses :class:`OracleTask`
-and shares the loss, evaluation, ``run``, ``bar_signals`` and ``load`` defined here, so both land
-in the same ``results.json`` format.
+and shares the loss, evaluation, ``run``, ``bar_signals`` and ``load`` of this package, so both
+land in the same ``results.json`` format.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import pathlib
 from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pandas as pd
 
-from quantum_alpha_jax.data import schema
-from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.data.features import KNOWN_FUTURE_FEATURES
 from quantum_alpha_jax.data.schema import KNOWN_SYMBOLS
-from quantum_alpha_jax.data.windows import SplitData
-from quantum_alpha_jax.data.windows import WindowSource
 from quantum_alpha_jax.data.windows import WindowSpec
 from quantum_alpha_jax.errors import ConfigError, describe
-from quantum_alpha_jax.evaluate import forecast
-from quantum_alpha_jax.evaluate import intervals
-from quantum_alpha_jax.evaluate import plots
 from quantum_alpha_jax.models.tft import TemporalFusionTransformer
-from quantum_alpha_jax.progress import Progress
+
 
 
 def window_spec(config: ml_collections.ConfigDict) -> WindowSpec:
@@ -143,8 +133,9 @@ class OracleTask:
         {'params': params}, batch['encoder'], batch['decoder_known'], batch['symbol'],
         deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
 
-  def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None,
+              step: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    del step  # no schedule: the pinball loss is the same at every step
     outputs = self.apply(params, batch, rng)
     predictions = outputs['quantiles'].astype(jnp.float32)
     targets = cumulative_targets(batch['future_returns'].astype(jnp.float32)) * self.target_scale
@@ -184,275 +175,15 @@ MODEL_INPUTS = ('encoder', 'decoder_known', 'symbol')
 def predict_batch(task: OracleTask, params: Any, inputs: Mapping[str, jax.Array]
                   ) -> dict[str, jax.Array]:
   """``task.predict`` on ``inputs`` (the :data:`MODEL_INPUTS` of a batch), compiled once per task
-  and batch size and shared by :func:`evaluate` and :func:`bar_signals`."""
+  and batch size and shared by evaluation and the per-bar signals."""
   return task.predict(params, inputs)
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation on a split, beside the naive baselines, and the pictures.
-
-
-# The naive forecasts of the cumulative return, besides the zero return and climatology: their
-# direction is reported on non-overlapping windows, and the best one is chosen on the training split.
-NAIVE_BASELINES = {
-    'always_up': 'always predicts a rise (direction only: it has no size)',
-    'last_return_persistence': "the anchor bar's return, repeated every bar",
-    'momentum': "the encoder window's mean bar return, repeated every bar (trend following)",
-    'reversal': 'minus the momentum forecast (mean reversion over the encoder window)',
-    'train_mean': "the training split's mean target, for every window",
-}
-
-
-def naive_forecasts(encoder_returns: np.ndarray, train_mean: np.ndarray) -> dict[str, np.ndarray]:
-  """The :data:`NAIVE_BASELINES` point forecasts ``[n, H]`` of the cumulative return, from the
-  encoder bars' log-returns ``[n, T]`` (up to and including the anchor) and the training split's
-  mean target ``[H]``. ``always_up`` is a constant +1: use its sign only."""
-  encoder_returns = np.asarray(encoder_returns, np.float64)
-  steps = np.arange(1, len(train_mean) + 1)
-  drift = encoder_returns.mean(-1)[:, None] * steps
-  shape = (len(encoder_returns), len(steps))
-  return {'always_up': np.ones(shape),
-          'last_return_persistence': encoder_returns[:, -1:] * steps,
-          'momentum': drift, 'reversal': -drift,
-          'train_mean': np.broadcast_to(np.asarray(train_mean, np.float64), shape)}
-
-
-def training_baselines(train: SplitData, quantiles: np.ndarray, max_windows: int = 200_000,
-                       seed: int = 0) -> dict[str, Any]:
-  """Statistics of the training split's targets: the mean ``[H]`` and empirical quantiles ``[H, Q]``,
-  used as the 'train mean' and 'climatology' forecasts (no validation or test data involved), and
-  ``selection``: each naive baseline's direction accuracy at the last horizon on non-overlapping
-  training windows and its pinball loss, with the best of each (``best_direction``,
-  ``best_pinball``). Choosing the baseline to beat here keeps the choice free of hindsight."""
-  source = train.source
-  spec = source.spec
-  all_anchors = source.anchors
-  anchors = all_anchors
-  if len(anchors) > max_windows:
-    anchors = np.sort(np.random.default_rng(seed).choice(anchors, max_windows, replace=False))
-  encoder_offsets, offsets = spec.offsets[:spec.encoder_length], spec.offsets[spec.encoder_length:]
-  window_targets = lambda rows: np.cumsum(
-      np.take(source.arrays.log_return, rows[:, None] + offsets).astype(np.float64), -1)
-  targets = window_targets(anchors)
-  statistics = {'mean': targets.mean(0), 'quantiles': np.quantile(targets, quantiles, axis=0).T}
-  window_forecasts = lambda rows: naive_forecasts(
-      np.take(source.arrays.log_return, rows[:, None] + encoder_offsets), statistics['mean'])
-  # Direction: the last horizon on windows at least H bars apart (anchors are sorted row indices,
-  # so every H-th one starts after the previous one's horizon ends): independent outcomes.
-  independent = all_anchors[::len(offsets)][:max_windows]
-  independent_targets = window_targets(independent)[:, -1]
-  direction = {name: forecast.direction_accuracy(independent_targets, point[:, -1])['accuracy']
-               for name, point in window_forecasts(independent).items()}
-  pinball = {name: forecast.pinball_loss(
-      targets, np.repeat(point[..., None], len(quantiles), -1), quantiles)
-             for name, point in window_forecasts(anchors).items() if name != 'always_up'}
-  pinball['climatology'] = forecast.pinball_loss(
-      targets, np.broadcast_to(statistics['quantiles'], targets.shape + (len(quantiles),)),
-      quantiles)
-  best = lambda scores, sign: max((name for name in scores if scores[name] is not None),
-                                  key=lambda name: sign * scores[name])
-  statistics['selection'] = {
-      'split': train.split.name, 'windows': int(len(anchors)),
-      'non_overlapping_windows': int(len(independent)),
-      'direction_accuracy': direction, 'pinball_loss': pinball,
-      'best_direction': best(direction, 1), 'best_pinball': best(pinball, -1)}
-  return statistics
-
-
-def evaluate(task: OracleTask, params: Any, split: SplitData, train: SplitData, directory: Any,
-             *, max_windows: int = 0, fan_windows: int = 4, progress: bool = True
-             ) -> dict[str, Any]:
-  """Forecasts every window of ``split``; returns metrics beside the baselines (JSON-ready) and
-  writes the fan chart and direction-accuracy PNGs, plus the variable importance and attention
-  PNGs when the model returns those weights (the TFT does; for other models the report's
-  ``variable_importance`` and ``attention_mean_by_key_position`` are ``None``)."""
-  from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top
-
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  quantile_levels = task.quantiles
-  collected = {name: [] for name in ('quantiles', 'p_up', 'targets', 'mask', 'anchor', 'symbol',
-                                     'encoder_returns')}
-  attention_sum, encoder_weight_sum, decoder_weight_sum, count = 0.0, 0.0, 0.0, 0.0
-  interpretable = False
-  batches = split.steps_per_epoch
-  if max_windows > 0:
-    batches = min(batches, -(-max_windows // split.dataset[0]['mask'].shape[0]))
-  bar = Progress(batches, f'evaluate {split.split.name}', unit='batches') if progress else None
-  for _, batch in zip(range(batches), split.iterator()):
-    outputs = jax.device_get(predict_batch(task, params, {k: batch[k] for k in MODEL_INPUTS}))
-    mask = batch['mask']
-    collected['quantiles'].append(outputs['quantiles'])
-    collected['p_up'].append(outputs['p_up'])
-    collected['targets'].append(np.cumsum(batch['future_returns'], -1))
-    collected['mask'].append(mask)
-    collected['anchor'].append(batch['anchor'])
-    collected['symbol'].append(batch['symbol'])
-    collected['encoder_returns'].append(batch['encoder_returns'])
-    interpretable = 'attention' in outputs
-    if interpretable:
-      weights = mask[:, None, None]
-      attention_sum = attention_sum + (outputs['attention'] * weights).sum(0)
-      encoder_weight_sum = encoder_weight_sum + (
-          outputs['encoder_variable_weights'] * weights).sum((0, 1))
-      decoder_weight_sum = decoder_weight_sum + (
-          outputs['decoder_variable_weights'] * weights).sum((0, 1))
-    count += mask.sum()
-    if bar:
-      bar.update(1)
-  if bar:
-    bar.close()
-  data = {name: np.concatenate(values) for name, values in collected.items()}
-  keep = data['mask'] > 0
-  data = {name: values[keep] for name, values in data.items()}
-  targets, quantiles = data['targets'].astype(np.float64), data['quantiles'].astype(np.float64)
-  horizon = targets.shape[1]
-
-  statistics = training_baselines(train, quantile_levels)
-  naive = naive_forecasts(data['encoder_returns'], statistics['mean'])
-  # Every naive forecast with a size (always-up has only a direction).
-  point_baselines = {'zero_return': np.zeros_like(targets),
-                     **{name: value for name, value in naive.items() if name != 'always_up'}}
-  report = forecast.forecast_report(targets, quantiles, quantile_levels, baselines=point_baselines)
-  for name in point_baselines:
-    report['baselines'][name]['description'] = NAIVE_BASELINES.get(name, 'a zero forecast')
-  # A zero forecast makes no call on the direction: report it as undefined, not as 0% accuracy.
-  zero = report['baselines']['zero_return']
-  zero['direction_accuracy'] = {'accuracy': None, 'low': None, 'high': None, 'count': 0,
-                                'note': 'a zero forecast has no direction'}
-  zero['direction_accuracy_per_horizon'] = [zero['direction_accuracy']] * horizon
-  # Quantile loss of each baseline's forecast used as every quantile (a point forecast).
-  for name, baseline in point_baselines.items():
-    report['baselines'][name]['pinball_loss'] = forecast.pinball_loss(
-        targets, np.repeat(np.asarray(baseline)[..., None], len(quantile_levels), -1),
-        quantile_levels)
-  climatology = np.broadcast_to(statistics['quantiles'], quantiles.shape)
-  report['baselines']['climatology'] = {
-      'description': 'per-horizon quantiles of the training split targets, for every window',
-      'pinball_loss': forecast.pinball_loss(targets, climatology, quantile_levels),
-      'coverage': forecast.coverage(targets, climatology[..., 0], climatology[..., -1])}
-  report['pinball_loss_vs_zero_return'] = (
-      report['pinball_loss'] / report['baselines']['zero_return']['pinball_loss'])
-  # The Wilson intervals above treat every (window, horizon) as independent, but windows start on
-  # every bar and overlap by horizon - 1 bars, so they are far too narrow. Honest figure: the last
-  # horizon on windows that do not overlap (every horizon-th window, per symbol in time order).
-  median_index = list(task.model.quantiles).index(0.5)
-  independent = np.concatenate([np.flatnonzero(data['symbol'] == s)[::horizon]
-                                for s in np.unique(data['symbol'])])
-  report['direction_accuracy_non_overlapping'] = {
-      'horizon': horizon, 'windows': int(len(independent)),
-      'note': 'last horizon, windows spaced horizon bars apart: independent outcomes, so the '
-              'Wilson interval is honest (the overlapping figures above are not)',
-      'oracle': forecast.direction_accuracy(targets[independent, -1:],
-                                            quantiles[independent, -1:, median_index]),
-      **{name: forecast.direction_accuracy(targets[independent, -1:], value[independent, -1:])
-         for name, value in naive.items()}}
-  # The gain over the strongest naive rule on this very split (the harshest choice for the
-  # model), paired on the same non-overlapping windows, with a block-bootstrap interval over
-  # calendar days (the symbols share regimes, so their windows are not independent either).
-  moved = independent[targets[independent, -1] != 0]  # as direction_accuracy: a move to score
-  strongest = max(naive, key=lambda name: report['direction_accuracy_non_overlapping'][name][
-      'accuracy'] or 0.0)
-  right = lambda values: np.sign(values) == np.sign(targets[moved, -1])
-  report['versus_best_baseline'] = {
-      'baseline': strongest, 'metric': f'direction accuracy at {horizon} bars',
-      **intervals.paired_difference(
-          right(quantiles[moved, -1, median_index]), right(naive[strongest][moved, -1]),
-          intervals.day_blocks(np.take(split.source.arrays.timestamp, data['anchor'][moved])))}
-  # The naive baseline to beat, chosen on the training split (not here, which would be hindsight).
-  selection = statistics['selection']
-  by_direction, by_pinball = selection['best_direction'], selection['best_pinball']
-  report['best_naive_baseline'] = {
-      'selected_on': selection['split'],
-      'note': f'the naive baseline ({", ".join(NAIVE_BASELINES)}, and climatology for the '
-              f'pinball loss) that scores best on the {selection["split"]} split, so choosing it '
-              'uses no data of this split',
-      'direction': {
-          'name': by_direction,
-          f'{selection["split"]}_accuracy': selection['direction_accuracy'][by_direction],
-          **report['direction_accuracy_non_overlapping'][by_direction]},
-      'pinball': {
-          'name': by_pinball,
-          f'{selection["split"]}_pinball_loss': selection['pinball_loss'][by_pinball],
-          'pinball_loss': report['baselines'][by_pinball]['pinball_loss']},
-      'selection': selection}
-  # P(up) as a probabilistic classifier of the sign, per horizon: Brier score and ROC AUC.
-  report['probability_up'] = {}
-  for h in sorted({1, horizon // 2, horizon}):
-    up = (targets[:, h - 1] > 0).astype(np.float64)
-    p = data['p_up'][:, h - 1].astype(np.float64)
-    entry = {'brier': float(np.mean(np.square(p - up))),
-             'brier_constant_train_rate': float(np.mean(np.square(up.mean() - up))),
-             'mean_p_up': float(p.mean()), 'realised_up_rate': float(up.mean())}
-    entry['roc_auc'] = (float(sklearn_metrics.roc_auc_score(up, p))
-                        if 0 < up.sum() < len(up) else None)
-    report['probability_up'][f'horizon_{h}'] = entry
-
-  # Pictures.
-  arrays = split.source.arrays
-  spec = split.source.spec
-  pngs = {}
-  chosen = np.linspace(0, len(targets) - 1, num=min(fan_windows, len(targets))).astype(int)
-  anchors = data['anchor'][chosen]
-  past = np.take(arrays.close, anchors[:, None] + spec.offsets[:spec.encoder_length])
-  future = np.take(arrays.close, anchors[:, None] + spec.offsets[spec.encoder_length:])
-  last_close = past[:, -1][:, None, None]
-  pngs['forecast_fans'] = str(plots.plot_forecast_fans(
-      past, future, last_close * np.exp(quantiles[chosen]), quantile_levels,
-      plots.window_titles([arrays.symbols[s] for s in data['symbol'][chosen]],
-                          np.take(arrays.timestamp, anchors)),
-      directory / 'forecast_fans.png'))
-  report['variable_importance'] = report['attention_mean_by_key_position'] = None
-  if interpretable:
-    encoder_importance = encoder_weight_sum / max(count * spec.encoder_length, 1)
-    decoder_importance = decoder_weight_sum / max(count * horizon, 1)
-    pngs['variable_importance'] = str(plots.plot_variable_importance(
-        list(FEATURES), encoder_importance, directory / 'variable_importance.png',
-        'Encoder variable selection (mean weight over test windows)'))
-    attention = attention_sum / max(count, 1)
-    pngs['attention'] = str(plots.plot_attention(attention, spec.encoder_length,
-                                                 directory / 'attention.png'))
-    report['variable_importance'] = {
-        'encoder': dict(sorted(zip(FEATURES, map(float, encoder_importance)),
-                               key=lambda item: -item[1])),
-        'decoder': dict(zip(KNOWN_FUTURE_FEATURES, map(float, decoder_importance)))}
-    report['attention_mean_by_key_position'] = attention.mean(0).tolist()
-  pngs['direction_accuracy'] = str(plots.plot_direction_accuracy(
-      report['direction_accuracy_per_horizon'],
-      {name: [p['accuracy'] for p in report['baselines'][name]['direction_accuracy_per_horizon']]
-       for name in ('last_return_persistence', 'momentum', 'reversal', 'train_mean')},
-      directory / 'direction_accuracy.png'))
-  report['plots'] = pngs
-  report['windows'] = int(len(targets))
-  report['target'] = 'cumulative log-return log(close[t+h]/close[t]), h = 1..horizon'
-  return report
-
-
-# ----------------------------------------------------------------------------------------------
-# The experiment: data → train → best checkpoint → test evaluation → results.json.
-
-
-# The headline numbers of an :func:`evaluate` report, per member of a population.
-POPULATION_METRICS = ('pinball_loss', 'pinball_loss_vs_zero_return', 'q_risk_p90', 'mae', 'rmse',
-                      'direction_accuracy.accuracy', 'interval.coverage',
-                      'direction_accuracy_non_overlapping.oracle.accuracy',
-                      'versus_best_baseline.difference')
-
-
-def evaluate_population(task: OracleTask, stacked_params: Any, first_report: Mapping[str, Any],
-                        split: SplitData, train: SplitData, directory: Any, *,
-                        max_windows: int = 0) -> dict[str, Any]:
-  """Every member of a population (``stacked_params``, leading axis K) evaluated on ``split``:
-  :data:`POPULATION_METRICS` per member, their mean and 95% interval (``first_report`` is member
-  0's :func:`evaluate` report; the others write their plots under ``directory/member_<k>``)."""
-  from quantum_alpha_jax.train import population  # pylint: disable=g-import-not-at-top
-
-  count = int(jax.tree.leaves(stacked_params)[0].shape[0])
-  reports = [first_report] + [
-      evaluate(task, population.member(stacked_params, k), split, train,
-               pathlib.Path(directory) / f'member_{k}', max_windows=max_windows, fan_windows=1,
-               progress=False) for k in range(1, count)]
-  return population.summarize([population.numbers(r, POPULATION_METRICS) for r in reports])
+def example_batch(model: Any, size: int = 1) -> dict[str, np.ndarray]:
+  """Zero inputs of the right shapes for a window model (to build or check params)."""
+  return {'encoder': np.zeros((size, model.encoder_length, model.num_observed), np.float32),
+          'decoder_known': np.zeros((size, model.decoder_length, model.num_known), np.float32),
+          'symbol': np.zeros((size,), np.int32)}
 
 
 def check_architecture(config: ml_collections.ConfigDict, task_type: type[OracleTask],
@@ -465,161 +196,7 @@ def check_architecture(config: ml_collections.ConfigDict, task_type: type[Oracle
         f'({task_type.name})', "use that model's own config and loader"))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-        task_type: type[OracleTask] = OracleTask,
-        frames: Mapping[str, pd.DataFrame] | None = None,
-        on_evaluate: Any = None) -> dict[str, Any]:
-  """Trains the ``task_type`` model described by ``config`` in ``workdir`` (resuming if it holds a
-  run), evaluates the best checkpoint on the validation and test splits and writes
-  ``results.json``. ``frames`` (feature frames by symbol) replace the store of ``config.data``;
-  ``on_evaluate(step, metrics)`` follows every validation (``loop.train_and_evaluate``)."""
-  from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.train import writers  # pylint: disable=g-import-not-at-top
-
-  workdir = pathlib.Path(workdir)
-  check_architecture(config, task_type)
-  task = task_type.from_config(config)
-  data, normalizer = data_lib.make_split_data(config.data, window_spec(config),
-                                              config.train.batch_size, config.train.seed,
-                                              frames=frames)
-  writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
-  result = loop.train_and_evaluate(config.train, task, data, workdir, run_config=config.to_dict(),
-                                   extra_record={'normalizer': normalizer.to_dict()},
-                                   on_evaluate=on_evaluate)
-  results = {'model': task_type.name, 'workdir': str(workdir), 'train': result.summary,
-             'validation': result.best_metrics}
-  if result.population is not None:
-    results['population'] = {**result.population, 'reports_are_of_member': 0}
-  for name in config.evaluation.splits:
-    if name not in data:
-      raise ConfigError(describe('config.evaluation.splits', f'no split {name!r}',
-                                 f'use some of {sorted(data)}'))
-    results[name] = evaluate(task, result.params, data[name], data['train'], workdir / name,
-                             max_windows=config.evaluation.max_windows,
-                             fan_windows=config.evaluation.fan_windows)
-    if result.population is not None:
-      results['population'][name] = evaluate_population(
-          task, result.population_params, results[name], data[name], data['train'],
-          workdir / name, max_windows=config.evaluation.max_windows)
-  results['config'] = config.to_dict()
-  results['results_json'] = str(writers.write_results(workdir, results))
-  return results
-
-
-def format_results(results: Mapping[str, Any], title: str = 'Oracle') -> str:
-  """A short table for people: the model (``title``) beside the baselines on each split."""
-  lines = [f'{title} run in {results["workdir"]}: {results["train"]["steps"]} steps, best at '
-           f'{results["train"]["best_step"]}, {results["train"]["samples_per_second"] or 0:.0f} '
-           'samples/s']
-  for split in ('validation', 'test'):
-    report = results.get(split)
-    if not isinstance(report, Mapping) or 'baselines' not in report:
-      continue
-    lines.append(f'\n{split} ({report["windows"]} windows)   pinball   q-risk P50  RMSE      R²       '
-                 'direction (95% CI)')
-    rows = [(title, report)] + list(report['baselines'].items())
-    for name, entry in rows:
-      accuracy = entry.get('direction_accuracy') or {}
-      interval = (f'{accuracy["accuracy"]:.4f} ({accuracy["low"]:.4f}–{accuracy["high"]:.4f})'
-                  if accuracy.get('accuracy') is not None else '—')
-      number = lambda key: (f'{entry[key]:.5g}' if entry.get(key) is not None else '—').ljust(9)
-      lines.append(f'  {name:<25} {number("pinball_loss")} {number("q_risk_p50")}  '
-                   f'{number("rmse")} {number("r2")} {interval}')
-    honest = report['direction_accuracy_non_overlapping']
-    interval = lambda entry: (f'{entry["accuracy"]:.4f} ({entry["low"]:.4f}–{entry["high"]:.4f})'
-                              if entry.get('accuracy') is not None else '—')
-    lines.append(f'  direction at horizon {report["horizon"]} on {honest["windows"]} '
-                 'non-overlapping windows (the intervals above assume independent overlapping '
-                 'windows and are too narrow):')
-    lines.append('    ' + ', '.join(f'{name} {interval(entry)}' for name, entry in honest.items()
-                                    if isinstance(entry, Mapping) and 'accuracy' in entry))
-    best = report['best_naive_baseline']
-    lines.append(f'  {title} vs the best naive baseline (chosen on {best["selected_on"]}): '
-                 f'direction {interval(honest["oracle"])} vs {best["direction"]["name"]} '
-                 f'{interval(best["direction"])}; pinball {report["pinball_loss"]:.5g} vs '
-                 f'{best["pinball"]["name"]} {best["pinball"]["pinball_loss"]:.5g}')
-    if 'versus_best_baseline' in report:
-      lines.append('  ' + intervals.format_difference(title, report['versus_best_baseline']))
-    lines.append(f'  interval coverage {report["interval"]["coverage"]:.3f} '
-                 f'(nominal {report["interval"]["nominal_coverage"]:.2f}); plots: '
-                 f'{", ".join(report["plots"].values())}')
-  lines.append(f'results: {results["results_json"]}')
-  return '\n'.join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-bar signals for the ensemble, and loading a finished run.
-
-SIGNAL_COLUMNS = ('p_up', 'uncertainty', 'q50')
-
-
-def bar_signals(task: OracleTask, params: Any, split: SplitData | WindowSource, *,
-                batch_size: int = 1024, progress: bool = True) -> pd.DataFrame:
-  """One row per bar of ``split`` whose past window is usable (``windows.signal_source``: whether
-  a bar has a row never depends on later bars): ``symbol``, ``timestamp`` (the bar, UTC) and the
-  forecast of the cumulative log-return to the last horizon made at that bar: ``p_up``,
-  ``uncertainty`` (``q_max - q_min``) and ``q50`` (the median). Rows are ordered by symbol, then
-  time.
-
-  A row reads the encoder bars up to and including its own and the calendar (``hour``,
-  ``day_of_week``, ``is_trading_hour``) of the coming bars, computed from the clock; never a
-  later row. Batches of ``batch_size`` windows run through one jitted forward pass (the last one
-  padded).
-  """
-  source = windows.signal_source(split)
-  anchors = source.anchors
-  size = max(1, min(int(batch_size), len(anchors)))
-  median = list(task.model.quantiles).index(0.5)
-  count = math.ceil(len(anchors) / size)
-  bar = Progress(count, f'bar signals {source.name}', unit='batches') if progress else None
-  pending = []
-  for index in range(count):
-    chunk = anchors[index * size:(index + 1) * size]
-    padded = np.full(size, -1, np.int64)
-    padded[:len(chunk)] = chunk
-    batch = source.gather(padded)
-    # Dispatch is asynchronous: the next batch is gathered while this one computes.
-    outputs = predict_batch(task, params, {name: batch[name] for name in MODEL_INPUTS})
-    pending.append((len(chunk), jnp.stack([outputs['p_up'][:, -1], outputs['uncertainty'][:, -1],
-                                           outputs['quantiles'][:, -1, median]], -1)))
-    if bar:
-      bar.update(1)
-  if bar:
-    bar.close()
-  values = np.concatenate([np.asarray(jax.device_get(out))[:n] for n, out in pending])
-  arrays = source.arrays
-  frame = pd.DataFrame({
-      'symbol': np.asarray(arrays.symbols, dtype=object)[np.take(arrays.symbol, anchors)],
-      'timestamp': schema.to_timestamps(np.take(arrays.timestamp, anchors)),
-  })
-  for column, name in enumerate(SIGNAL_COLUMNS):
-    frame[name] = values[:, column].astype(np.float32)
-  return frame
-
-
-def example_batch(model: Any, size: int = 1) -> dict[str, np.ndarray]:
-  """Zero inputs of the right shapes for a window model (to build or check params)."""
-  return {'encoder': np.zeros((size, model.encoder_length, model.num_observed), np.float32),
-          'decoder_known': np.zeros((size, model.decoder_length, model.num_known), np.float32),
-          'symbol': np.zeros((size,), np.int32)}
-
-
-def load_run(workdir: str | pathlib.Path, task_type: type[OracleTask] = OracleTask
-             ) -> tuple[OracleTask, Any, ml_collections.ConfigDict]:
-  """Rebuilds the ``task_type`` task from the run's saved config and restores the params of its
-  best checkpoint from ``workdir/checkpoints``; returns ``(task, params, config)``."""
-  from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-
-  params, record = checkpoint_lib.load_best(workdir)
-  config = ml_collections.ConfigDict(record['config'])
-  check_architecture(config, task_type, f'{workdir} (saved config)')
-  task = task_type.from_config(config)
-  expected = jax.eval_shape(task.init_params, jax.random.PRNGKey(0), example_batch(task.model))
-  checkpoint_lib.check_structure(params, expected, str(workdir))
-  return task, params, config
-
-
-def load(workdir: str | pathlib.Path) -> tuple[OracleTask, Any, ml_collections.ConfigDict]:
-  """The Oracle of a finished (or running) ``experiments.oracle`` run: ``(task, params, config)``."""
-  return load_run(workdir, OracleTask)
+def loss_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The metrics :meth:`OracleTask.loss_fn` reports besides the loss, for ``config``'s quantiles."""
+  return ('mse', 'direction_accuracy', 'coverage',
+          *(f'pinball_q{round(level * 100)}' for level in check_quantiles(config)))
