@@ -54,6 +54,11 @@ segment. The first ``WARMUP_BARS`` rows of every segment are therefore flagged `
 is any row where one of the 44 features is NaN or infinite (a zero price, say). A NaN or infinite
 OHLCV input is refused with a DataError instead: it would poison OBV and the recursive averages for
 the rest of the series.
+
+``serve/stream.py`` computes the same rows one bar at a time for the decision service, replaying
+the pandas algorithms used here (rolling mean and variance, ``ewm``, the grouped cumulative sum) in
+the same float64 operation order; tests/test_serve_stream.py holds the two paths equal bit for bit.
+Change a formula, a pandas call or an operation order here and the stream must change with it.
 """
 
 from __future__ import annotations
