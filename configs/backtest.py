@@ -11,9 +11,8 @@ backtests its data's test split. ``--config.checkpoints.guardian=""`` leaves a m
 
 import ml_collections
 
+from configs import common
 from configs import data
-from quantum_alpha_jax import cli
-from quantum_alpha_jax.backtest import ensemble
 from quantum_alpha_jax.errors import ConfigError
 
 
@@ -26,8 +25,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.data = data.get_config(arg)
   config.split = 'test'
   config.checkpoints = ml_collections.ConfigDict({
-      name: str(cli.default_workdir(name + suffix)) for name in ensemble.COMPONENTS})
-  config.ensemble = ensemble.ensemble_config()
+      name: str(common.default_workdir(name + suffix)) for name in common.ENSEMBLE_COMPONENTS})
+  config.ensemble = common.ensemble_config()
   config.costs = ml_collections.ConfigDict({
       'fee_rate': 0.001, 'slippage_bps': 1.0, 'initial_capital': 10_000.0,
       'rebalance_threshold': ml_collections.config_dict.placeholder(float)})

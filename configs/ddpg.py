@@ -16,11 +16,9 @@ python -m experiments.rl --config=configs/ddpg.py[:quick|:real]
 
 import ml_collections
 
+from configs import common
 from configs import data
 from quantum_alpha_jax.errors import ConfigError
-from quantum_alpha_jax.rl import ddpg
-from quantum_alpha_jax.rl import experiment
-from quantum_alpha_jax.rl import market
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -29,10 +27,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'ddpg' + (f'-{arg}' if arg else '')
   config.data = data.get_config(arg)
-  config.env = market.env_config(action_mode='continuous')
+  config.env = common.rl_env_config(action_mode='continuous')
   config.env.rebalance_threshold = 0.05
-  config.agent = ddpg.config(gamma=0.9)
-  config.train = experiment.train_config(eval_every_updates=200, log_every_updates=20)
+  config.agent = common.ddpg_agent(gamma=0.9)
+  config.train = common.rl_train_config(eval_every_updates=200, log_every_updates=20)
   config.evaluation = ml_collections.ConfigDict({'splits': ('validation', 'test'),
                                                  'random_seeds': 5})
   if arg == 'quick':

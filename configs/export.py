@@ -15,7 +15,7 @@ Needs the export extra: pip install -e '.[export]' (jax2onnx, onnxruntime, tenso
 
 import ml_collections
 
-from quantum_alpha_jax import cli
+from configs import common
 from quantum_alpha_jax.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.name = 'export' + suffix
   # Workdirs of the training runs; '' skips a model.
   config.models = ml_collections.ConfigDict({
-      name: cli.default_workdir(name + suffix)
+      name: common.default_workdir(name + suffix)
       for name in ('oracle', 'lstm', 'guardian', 'strategist')})
   # True: a workdir that holds no training run is skipped (and listed in the summary); False: an
   # error. The defaults point at every model's default run, trained or not.

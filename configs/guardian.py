@@ -10,9 +10,9 @@
 
 import ml_collections
 
+from configs import common
 from configs import data
 from quantum_alpha_jax.errors import ConfigError
-from quantum_alpha_jax.train import loop
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -41,8 +41,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       'lookback': 60,  # bars back (up to the anchor) in the rule and the trailing baselines
       'trend_threshold': 0.5,  # |trend statistic| above it: bull / bear, else sideways
   })
-  config.train = loop.train_config(batch_size=512, num_epochs=100, patience=15,
-                                   validation_metric='regime_cross_entropy')
+  config.train = common.train_config(batch_size=512, num_epochs=100, patience=15,
+                                     validation_metric='regime_cross_entropy')
   config.train.optimizer.learning_rate = 1e-3
   config.evaluation = ml_collections.ConfigDict({
       'splits': ('validation', 'test'),

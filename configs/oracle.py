@@ -10,9 +10,9 @@
 
 import ml_collections
 
+from configs import common
 from configs import data
 from quantum_alpha_jax.errors import ConfigError
-from quantum_alpha_jax.train import loop
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -26,7 +26,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       'hidden_continuous_size': 64, 'lstm_layers': 2, 'dropout_rate': 0.1,
       'quantiles': (0.1, 0.5, 0.9)})
   config.target_scale = 100.0  # train on percent log-returns
-  config.train = loop.train_config(batch_size=256, num_epochs=100, patience=15)
+  config.train = common.train_config(batch_size=256, num_epochs=100, patience=15)
   config.train.optimizer.learning_rate = 1e-3
   config.train.optimizer.clip_norm = 0.1
   config.evaluation = ml_collections.ConfigDict({

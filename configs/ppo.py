@@ -12,11 +12,9 @@ python -m experiments.rl --config=configs/ppo.py[:quick|:real]
 
 import ml_collections
 
+from configs import common
 from configs import data
 from quantum_alpha_jax.errors import ConfigError
-from quantum_alpha_jax.rl import experiment
-from quantum_alpha_jax.rl import market
-from quantum_alpha_jax.rl import ppo
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -25,9 +23,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'ppo' + (f'-{arg}' if arg else '')
   config.data = data.get_config(arg)
-  config.env = market.env_config(action_mode='discrete')
-  config.agent = ppo.config()
-  config.train = experiment.train_config(eval_every_updates=50, log_every_updates=5)
+  config.env = common.rl_env_config(action_mode='discrete')
+  config.agent = common.ppo_agent()
+  config.train = common.rl_train_config(eval_every_updates=50, log_every_updates=5)
   config.evaluation = ml_collections.ConfigDict({'splits': ('validation', 'test'),
                                                  'random_seeds': 5})
   if arg == 'quick':

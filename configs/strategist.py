@@ -13,9 +13,9 @@
 
 import ml_collections
 
+from configs import common
 from configs import data
 from quantum_alpha_jax.errors import ConfigError
-from quantum_alpha_jax.train import loop
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -62,8 +62,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   })
   # 8 micro-batches of 16 per step: the same update as one batch of 128, ~2-3x faster on a CPU
   # (the [batch, heads, 270, 270] attention tensors stay small; benchmarks/strategist.py).
-  config.train = loop.train_config(batch_size=128, num_epochs=200, patience=15,
-                                   accumulation_steps=8)
+  config.train = common.train_config(batch_size=128, num_epochs=200, patience=15,
+                                     accumulation_steps=8)
   config.train.optimizer.update(name='adamw', learning_rate=1e-4, weight_decay=1e-4,
                                 warmup_steps=1000, clip_norm=0.25)
   config.evaluation = ml_collections.ConfigDict({
