@@ -292,3 +292,23 @@ def test_bad_configuration_is_refused():
     stream.SymbolStream('BTCUSDT', interval='7m')
   with pytest.raises(klines.DataError):
     stream.SymbolStream('btc')
+
+
+def test_an_update_interrupted_midway_refuses_further_bars(monkeypatch):
+  # Nothing the checks let through can fail; if something ever did (a bug, a KeyboardInterrupt),
+  # the half-updated state must not go on producing rows.
+  raw = _raw(rows=400)
+  s = stream.SymbolStream('BTCUSDT')
+  _push_all(s, raw.iloc[:350])
+
+  class Interrupted:
+    def push(self, value):
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(s, '_atr', Interrupted())  # the ATR comes midway through the update
+  with pytest.raises(KeyboardInterrupt):
+    s.push(raw.iloc[350].to_dict())
+  monkeypatch.undo()
+  with pytest.raises(klines.DataError, match='half-updated') as raised:
+    s.push(raw.iloc[351].to_dict())
+  assert not isinstance(raised.value, stream.BarRejected)

@@ -308,8 +308,19 @@ class _Ewm:
 
 
 def _log(value: float) -> float:
-  """numpy's log (the batch path's; its SIMD loops need not round like libm's)."""
-  return float(np.log(value))
+  """numpy's log (the batch path's; its SIMD loops need not round like libm's); -inf at 0 without
+  numpy's warning."""
+  return float(np.log(value)) if value > 0.0 else -math.inf
+
+
+def _divide(numerator: float, denominator: float) -> float:
+  """``numerator / denominator`` with numpy's result for a zero denominator (a moving average of
+  subnormal prices can round to 0) instead of Python's ZeroDivisionError."""
+  if denominator:
+    return numerator / denominator
+  if numerator != numerator or numerator == 0.0:
+    return _NAN
+  return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
 class SymbolStream:
@@ -336,6 +347,7 @@ class SymbolStream:
     self.segment = 0
     self.bars_in_segment = 0
     self.last_gap: klines_lib.Gap | None = None
+    self._broken: str | None = None  # what interrupted an update, if one ever did
     self._previous_close = _NAN
     self._closes = collections.deque(maxlen=61)  # returns_60 reads c[t-60]
     self._highs = collections.deque(maxlen=14)
@@ -514,9 +526,23 @@ class SymbolStream:
             'push bars in time order; a late bar cannot be inserted into the past'),
             'out_of_order')
       missing = (time_ns - last) // self.step_ns - 1
+    if self._broken is not None:
+      raise errors.DataError(errors.describe(
+          self._where(time_ns), f'the stream\'s state was left half-updated by an internal error '
+          f'({self._broken})', 'start a new SymbolStream and catch it up on the history '
+          '(push_frame(history, keep_rows=False)), and report the error'))
+    # From here on nothing refuses: the state changes.
+    try:
+      return self._fill_and_advance(time_ns, values, observed, last, missing)
+    except BaseException as error:  # never expected: the checks above leave nothing to fail
+      self._broken = f'{type(error).__name__}: {error}'
+      raise
+
+  def _fill_and_advance(self, time_ns: int, values: tuple[float, ...], observed: bool,
+                        last: int | None, missing: int) -> list[StreamBar]:
+    """The filler bars of the hole before the bar (or a new segment), then the bar's row."""
     if self.extras is None:
       self.extras = len(values) > 5
-    # From here on nothing refuses: the state changes.
     out = []
     gap = None
     new_segment = False
@@ -635,9 +661,10 @@ class SymbolStream:
     row = (
         sma_10, middle, sma_50, ema_12, ema_26, macd, macd_signal, macd - macd_signal,
         rsi, stochastic_k, stochastic_d,
-        middle + band, middle, middle - band, 2.0 * band / middle, atr, highest_high, lowest_low,
+        middle + band, middle, middle - band, _divide(2.0 * band, middle), atr, highest_high,
+        lowest_low,
         obv, volume_ma, 1.0 if volume_ma == 0 else volume / volume_ma, vwap,
-        close, open_, high, low, volume, close / middle,
+        close, open_, high, low, volume, _divide(close, middle),
         returns_1, returns_3, returns_12, returns_60, volatility_12, volatility_48, volatility_240,
         float(hour), float(day_of_week), trading,
         log_return, (high - low) / close, (close - open_) / open_,
