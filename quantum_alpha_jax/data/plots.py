@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import Mapping
 
 import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib.collections import LineCollection  # pylint: disable=g-import-not-at-top
-import matplotlib.dates as mdates  # pylint: disable=g-import-not-at-top
+from matplotlib.collections import LineCollection
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import schema
+
+matplotlib.use('Agg')  # files, never a window (switches pyplot if it is already imported)
 
 REGIME_COLOURS = {'bull': '#2ca02c', 'bear': '#d62728', 'sideways': '#7f7f7f'}
 MAX_POINTS = 20_000  # per symbol; longer series are subsampled evenly for drawing

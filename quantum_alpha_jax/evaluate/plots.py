@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from quantum_alpha_jax import artifacts
+
+matplotlib.use('Agg')  # files, never a window (switches pyplot if it is already imported)
 
 
 def plot_forecast_fans(past_close: np.ndarray, future_close: np.ndarray, quantile_close: np.ndarray,

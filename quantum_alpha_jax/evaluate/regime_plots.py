@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use('Agg')
-from matplotlib.collections import LineCollection  # pylint: disable=g-import-not-at-top
-import matplotlib.dates as mdates  # pylint: disable=g-import-not-at-top
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.collections import LineCollection
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from sklearn.decomposition import PCA
 
 from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data.plots import REGIME_COLOURS
+
+matplotlib.use('Agg')  # files, never a window (switches pyplot if it is already imported)
 
 MAX_POINTS = 20_000  # per symbol; longer series are subsampled evenly for drawing
 MAX_SCATTER_POINTS = 5_000
@@ -91,8 +92,6 @@ def plot_latent_projection(latents: np.ndarray, labellings: Mapping[str, np.ndar
                            path: str | Path, seed: int = 0) -> Path:
   """The first two principal components of ``latents [items, latent]``, one panel per labelling
   (``{title: labels [items]}``, regime indices), on at most ``MAX_SCATTER_POINTS`` items."""
-  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
-
   path = Path(path)
   latents = np.asarray(latents, np.float64)
   chosen = np.arange(len(latents))
