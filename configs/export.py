@@ -3,8 +3,9 @@
 ``models.<name>`` is the workdir of a training run (its ``checkpoints/`` hold the best params and
 the config); an empty string skips the model. The variants point at the default workdirs of the
 matching training configs (``checkpoints/oracle``, ``checkpoints/oracle-quick``, ...) of the
-Oracle, the LSTM, the Guardian and the Strategist; with ``skip_missing`` the ones not trained yet
-are skipped:
+Oracle, the LSTM, the Guardian and the Strategist (twice: ``strategist``, the full context, and
+``strategist_step``, its cached one-step decode for serving); with ``skip_missing`` the ones not
+trained yet are skipped:
 
   python -m experiments.oracle --config=configs/oracle.py:quick
   python -m experiments.lstm --config=configs/lstm.py:quick
@@ -29,6 +30,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.models = ml_collections.ConfigDict({
       name: common.default_workdir(name + suffix)
       for name in ('oracle', 'lstm', 'guardian', 'strategist')})
+  # The Strategist's cached one-step decode (export/inference.py strategist_step), from the same
+  # run: what a server calls once per bar.
+  config.models.strategist_step = config.models.strategist
   # True: a workdir that holds no training run is skipped (and listed in the summary); False: an
   # error. The defaults point at every model's default run, trained or not.
   config.skip_missing = True

@@ -1,5 +1,7 @@
 """ONNX and SavedModel export of the forecasters: parity with JAX (random and real windows, batch 1
-and 7), the feature-order metadata check, and the export run with its manifest.
+and 7), the feature-order metadata check, and the export run with its manifest. The Strategist's
+exported one-step decode (``strategist_step``), stepped through whole episodes, equals the full
+forward pass and the rollout (``tasks/strategist.py`` ``_rollout_core``, an independent path).
 
 The export backends are an optional extra (pip install -e '.[export]'); the tests that need one
 skip without it.
@@ -119,7 +121,7 @@ def test_onnx_matches_jax_on_random_and_real_windows(forecasters, name, tmp_path
   assert np.ptp(np.asarray(inference(*real)['p_up'])) > 1e-3
 
 
-@pytest.mark.parametrize('name', ['guardian', 'strategist'])
+@pytest.mark.parametrize('name', ['guardian', 'strategist', 'strategist_step'])
 def test_onnx_matches_jax_for_the_guardian_and_strategist(forecasters, name, tmp_path):
   onnx_lib = _onnx_backends()
   from configs import guardian as guardian_config  # pylint: disable=g-import-not-at-top
@@ -143,6 +145,105 @@ def test_onnx_matches_jax_for_the_guardian_and_strategist(forecasters, name, tmp
                            real=real)
   assert report['max_abs_diff'] <= TOLERANCE, report
   assert onnx_lib.check_metadata(path, FEATURES)['model'] == name
+
+
+def _strategist_step(tmp_path):
+  """The quick Strategist (random params, realised return tokens) and its exported step."""
+  from configs import strategist as strategist_config  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
+  config = strategist_config.get_config('quick')
+  config.trajectories.condition_on = 'realised'  # the return token moves with the rewards
+  task = strategist.StrategistTask.from_config(config, target_return=0.002)
+  params = _random_params(task, strategist.example_batch(task), scale=0.5)
+  inference = inference_lib.MODELS['strategist_step'].build(task, params, config, {})
+  return task, params, inference
+
+
+def test_exported_step_through_episodes_equals_the_full_pass_and_the_rollout(tmp_path):
+  """Two rows of two K-bar episodes each, rolled out by ``_rollout_core``; then the exported ONNX
+  step and its JAX jit replay the rollout's tokens bar by bar, row 1 five calls behind row 0 (so
+  the rows sit at different timesteps, and each row's cache holds stale slots at its first
+  step). Decisions, sizes and logits must agree with the rollout and the full forward pass."""
+  onnx_lib = _onnx_backends()
+  from quantum_alpha_jax.data import trajectories  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
+  task, params, inference = _strategist_step(tmp_path)
+  path = onnx_lib.export_onnx(inference, tmp_path / 'strategist_step.onnx')
+  metadata = onnx_lib.check_metadata(path, FEATURES)
+  steps = task.model.context_length
+  assert metadata['context_length'] == steps and metadata['cache_slots'] == 3 * steps + 1
+  assert metadata['cache_shape'] == ['batch', 2, 2, 3 * steps + 1, 2, 16]
+  assert metadata['conditioning_token'] == pytest.approx(2.0)  # 0.002 * rtg_scale 1000
+  onnx_step = onnx_lib.runner(path, inference)
+
+  rows, episodes, bars = 2, 2, 2 * steps
+  rng = np.random.default_rng(3)
+  features = rng.standard_normal((rows, episodes, steps, len(FEATURES))).astype(np.float32)
+  close = 100 * np.exp(np.cumsum(0.01 * rng.standard_normal((rows, bars)), -1))
+  open_price = np.concatenate([np.full((rows, 1), 100.0), close[:, :-1]], -1)
+  shape = (rows, episodes, steps)
+  rollout = jax.device_get(task.rollout_function(
+      params, features, open_price.reshape(shape).astype(np.float32),
+      close.reshape(shape).astype(np.float32), np.ones(shape, bool), np.ones(shape, bool),
+      np.array([[True, False], [True, True]]), np.array([2.0, -1.0], np.float32)))
+  rollout = {key: value.reshape(rows, bars) for key, value in rollout.items()}
+  action, position = rollout['action'], rollout['position']
+  assert len(np.unique(action)) == 3 and np.ptp(position) > 0  # it trades: not a constant check
+  before = np.concatenate([np.zeros((rows, 1)), position[:, :-1]], -1)  # position into each bar
+  before[1, steps] = 0.0  # row 1's second episode starts flat
+  sized = (action == trajectories.BUY) | ((action == trajectories.SELL) & task.spec.allow_short)
+  token_size = np.where(sized, np.abs(position), 0.0).astype(np.float32)
+  states = np.concatenate([features.reshape(rows, bars, -1), rollout['held'][..., None]], -1)
+
+  # The full forward pass over each episode's tokens (the rollout's actions and sizes).
+  timestep = np.tile(np.arange(steps), episodes)
+  context = lambda x: x.reshape(rows * episodes, steps, *x.shape[2:])
+  full = jax.device_get(task.apply(params, {
+      'rtg': context(rollout['return_token']), 'states': context(states.astype(np.float32)),
+      'actions': context(action), 'sizes': context(token_size),
+      'timesteps': context(np.broadcast_to(timestep, (rows, bars)).astype(np.int32))}))
+  full_logits = full['action_logits'].reshape(rows, bars, 3)
+
+  delay = (0, 5)
+  cache = {'onnx': np.zeros((rows,) + tuple(metadata['cache_shape'][1:]), np.float32)}
+  cache['jax'] = cache['onnx'].copy()
+  logits = {kind: np.zeros((rows, bars, 3), np.float32) for kind in cache}
+  sizes = {kind: np.zeros((rows, bars), np.float32) for kind in cache}
+  for call in range(bars + max(delay)):
+    bar = np.array([call - d for d in delay])
+    active = (bar >= 0) & (bar < bars)
+    now = np.clip(bar, 0, bars - 1)
+    index = np.arange(rows)
+    first = timestep[now] == 0
+    inputs = (timestep[now].astype(np.int32),
+              rollout['return_token'][index, now].astype(np.float32),
+              states[index, now].astype(np.float32),
+              np.where(first, 0, action[index, now - 1]).astype(np.int32),
+              np.where(first, 0.0, token_size[index, now - 1]).astype(np.float32))
+    for kind, run in (('onnx', onnx_step), ('jax', inference)):
+      outputs = jax.device_get(run(*inputs, cache[kind]))
+      logits[kind][index[active], now[active]] = outputs['action_logits'][active]
+      sizes[kind][index[active], now[active]] = outputs['size'][active]
+      cache[kind] = np.asarray(outputs['next_cache'])
+
+  for kind in cache:
+    np.testing.assert_allclose(logits[kind], full_logits, atol=TOLERANCE, err_msg=kind)
+    np.testing.assert_allclose(sizes[kind], rollout['size'], atol=TOLERANCE, err_msg=kind)
+    chosen = np.argmax(logits[kind], -1)
+    after = trajectories.next_position(before, chosen, sizes[kind], task.spec.allow_short)
+    canonical = np.where(np.isclose(after, before, rtol=0, atol=1e-6), trajectories.HOLD, chosen)
+    np.testing.assert_array_equal(canonical, action, err_msg=kind)
+    np.testing.assert_allclose(after, position, atol=TOLERANCE, err_msg=kind)
+
+
+def test_saved_model_step_matches_jax(tmp_path):
+  saved_model = _saved_model_backend()
+  _, _, inference = _strategist_step(tmp_path)
+  directory = saved_model.export_saved_model(inference, tmp_path / 'strategist_step')
+  report = pipeline.parity(inference, saved_model.runner(directory, inference),
+                           batch_sizes=(1, 3))
+  assert report['max_abs_diff'] <= TOLERANCE, report
+  assert saved_model.check_metadata(directory, FEATURES)['cache_slots'] == 73
 
 
 def test_onnx_metadata_carries_the_feature_order_and_refuses_another(forecasters, tmp_path):
@@ -202,13 +303,14 @@ def test_export_run_writes_files_and_manifest(drifting_market, tmp_path):
 
   export = export_config.get_config('quick')
   export.models.update(oracle='', lstm=str(tmp_path / 'lstm'), guardian='',
-                       strategist=str(tmp_path / 'not-trained'))
+                       strategist=str(tmp_path / 'not-trained'), strategist_step='')
   export.formats = formats
   manifest = pipeline.run(export, tmp_path / 'export')
   written = json.loads((tmp_path / 'export' / 'manifest.json').read_text())
   assert written['models'].keys() == {'lstm'}
   assert written['skipped'] == {'oracle': 'no workdir given', 'guardian': 'no workdir given',
-                                'strategist': f'no training run in {tmp_path / "not-trained"}'}
+                                'strategist': f'no training run in {tmp_path / "not-trained"}',
+                                'strategist_step': 'no workdir given'}
   entry = manifest['models']['lstm']
   onnx_file = tmp_path / 'export' / entry['files']['onnx']['path']
   assert onnx_file == tmp_path / 'export' / 'onnx' / 'lstm.onnx'

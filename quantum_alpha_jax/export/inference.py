@@ -16,6 +16,10 @@ The models:
 - ``strategist`` (the Decision Transformer): a context of K steps (``rtg``, ``states``,
   ``actions``, ``sizes``, ``timesteps``) → ``action_logits`` (hold, buy, sell) and ``size`` per step
   (teacher-forced; the decision is the last step's).
+- ``strategist_step`` (the same run, for serving): one step of the cached decode, the key/value
+  cache an explicit input and output (``timestep``, ``rtg``, ``state``, ``previous_action``,
+  ``previous_size``, ``cache``) → ``action_logits``, ``size`` and ``next_cache``; ~1/K of the full
+  context's work per decision (:func:`strategist_step`).
 
 Adding a model is one builder and one table row: a function of ``(task, params, config, record)``
 that closes over the task's deterministic forward pass, e.g.::
@@ -244,7 +248,6 @@ STRATEGIST_INPUTS = ('rtg', 'states', 'actions', 'sizes', 'timesteps')
 def strategist(task: Any, params: Any, config: ml_collections.ConfigDict,
                record: Mapping[str, Any]) -> InferenceFunction:
   """The Decision Transformer over a full context (teacher-forced): per-step action logits, size."""
-  from quantum_alpha_jax.data import trajectories  # pylint: disable=g-import-not-at-top
   model = task.model
   steps = model.context_length
 
@@ -266,8 +269,7 @@ def strategist(task: Any, params: Any, config: ml_collections.ConfigDict,
       'decision; actions [batch, K] int32 (hold, buy, sell) and sizes [batch, K] of the previous '
       'decisions; timesteps [batch, K] int32 0..K-1. The decision is read off the last step: '
       'argmax action_logits and size.'))
-  metadata['actions'] = list(trajectories.ACTIONS)
-  metadata['target_return'] = task.target_return
+  metadata.update(_strategist_metadata(task))
   return InferenceFunction(
       'strategist', apply, params,
       inputs=(TensorSpec('rtg', (None, steps), 'float32'),
@@ -281,11 +283,124 @@ def strategist(task: Any, params: Any, config: ml_collections.ConfigDict,
       real_inputs=real_inputs if task.normalizer is not None else None)
 
 
+def _strategist_metadata(task: Any) -> dict[str, Any]:
+  """What a server needs beside the layout to run the Strategist's episodes: the actions, the
+  conditioning target and its token, and how the return token and the position evolve."""
+  from quantum_alpha_jax.data import trajectories  # pylint: disable=g-import-not-at-top
+  spec = task.spec
+  return {
+      'actions': list(trajectories.ACTIONS),
+      'target_return': task.target_return,
+      'conditioning_token': (None if task.target_return is None
+                             else task.conditioning_token(task.target_return)),
+      'condition_on': spec.condition_on, 'rtg_scale': spec.rtg_scale, 'discount': spec.discount,
+      'reward_scale': spec.reward_scale, 'allow_short': spec.allow_short,
+      'context_length': task.model.context_length,
+  }
+
+
+STRATEGIST_STEP_INPUTS = ('timestep', 'rtg', 'state', 'previous_action', 'previous_size', 'cache')
+CACHE_LAYOUT = ('[batch, layers, 2, slots, heads, head_size]: per block its keys (index 0 of axis '
+                '2) and values (index 1) of the episode\'s earlier tokens, the most recent token in '
+                'the last slot; slots = 3K + 1')
+
+
+def strategist_step(task: Any, params: Any, config: ml_collections.ConfigDict,
+                    record: Mapping[str, Any]) -> InferenceFunction:
+  """One decision of the Strategist through its cached decode, the cache explicit.
+
+  ``apply(params, timestep, rtg, state, previous_action, previous_size, cache)`` with
+  ``timestep [batch]`` int32 (t in [0, K), each row its own), ``rtg, previous_size [batch]``,
+  ``state [batch, S]`` (the 44 normalised features then the held position), ``previous_action
+  [batch]`` int32 and ``cache [batch, layers, 2, 3K + 1, heads, head_size]`` float32
+  (:meth:`DecisionTransformer.decode_rolling`: keys then values per block, most recent token
+  last) → ``action_logits [batch, 3]``, ``size [batch]`` and ``next_cache`` (the same shape: the
+  cache to pass with step t + 1). Stepping t = 0 .. K-1 equals the full context's outputs.
+  """
+  from quantum_alpha_jax.models import decision_transformer as dt  # pylint: disable=g-import-not-at-top
+  model = task.model
+  steps = model.context_length
+  cache_shape = dt.rolling_cache_shape(model, 1)[1:]
+
+  def apply(params: Any, timestep: jax.Array, rtg: jax.Array, state: jax.Array,
+            previous_action: jax.Array, previous_size: jax.Array, cache: jax.Array
+            ) -> dict[str, jax.Array]:
+    heads, next_cache = model.apply({'params': params}, cache, timestep, rtg, state,
+                                    previous_action, previous_size, method=model.decode_rolling)
+    return {'action_logits': heads['action_logits'], 'size': heads['size'],
+            'next_cache': next_cache}
+
+  def real_inputs(batch: int) -> tuple[np.ndarray, ...]:
+    """Real test episodes, row b stopped at step ``t_b`` (spread over 0..K-1) with the cache
+    its teacher-forced steps 0..t_b-1 leave (built by the jitted step itself)."""
+    from quantum_alpha_jax.tasks import strategist as strategist_task  # pylint: disable=g-import-not-at-top
+    data, _ = strategist_task.make_data(config, normalizer=task.normalizer)
+    source = _held_out(data).source
+    episodes = source.gather(_evenly_spaced(len(source), batch))
+    stop = _evenly_spaced(steps, batch)
+    step = jax.jit(apply)
+    cache = np.zeros((batch,) + cache_shape, np.float32)
+    inputs = None
+    for t in range(int(stop.max()) + 1):
+      tokens = step_tokens(episodes, t)
+      if inputs is None:
+        inputs = [np.array(x) for x in tokens] + [cache.copy()]
+      chosen = stop == t
+      for target, value in zip(inputs, tokens + (cache,)):
+        target[chosen] = value[chosen]
+      cache = np.asarray(step(params, *tokens, cache)['next_cache'])
+    return tuple(inputs)
+
+  metadata = _metadata('strategist_step', config, record, (
+      f'One decision per call, step t of an episode of K = {steps} bars. timestep [batch] int32 '
+      't in 0..K-1 (0 at the first bar of each episode; a new episode every K bars and after bars '
+      'with no decision); rtg [batch] the return token (conditioning_token at every step with '
+      "condition_on 'behaviour'; else conditioning_token at t = 0, then (token - rtg_scale * "
+      'reward) / discount, reward = reward_scale * log(equity ratio over the bar)); state [batch, '
+      f'{model.state_size}]: the bar\'s features in feature_names order normalised one bar at a '
+      'time with the normalizer, then the position held since the bar\'s open; previous_action '
+      '[batch] int32 (hold, buy, sell) and previous_size [batch]: the previous step\'s canonical '
+      'action (hold when the position did not change) and |position| after it if it bought '
+      '(or sold short), else 0 (both ignored at t = 0); cache: ' + CACHE_LAYOUT + ', the '
+      'next_cache of the previous step (any values at t = 0, e.g. zeros). Decision: argmax '
+      'action_logits and size; the position after it is trajectories.next_position.'))
+  metadata.update(_strategist_metadata(task))
+  metadata.update({'cache_layout': CACHE_LAYOUT, 'cache_shape': ['batch', *cache_shape],
+                   'cache_slots': cache_shape[2], 'num_layers': model.num_layers,
+                   'num_heads': model.num_heads, 'head_size': cache_shape[4]})
+  return InferenceFunction(
+      'strategist_step', apply, params,
+      inputs=(TensorSpec('timestep', (None,), 'int32', high=steps),
+              TensorSpec('rtg', (None,), 'float32'),
+              TensorSpec('state', (None, model.state_size), 'float32'),
+              TensorSpec('previous_action', (None,), 'int32', high=model.num_actions),
+              TensorSpec('previous_size', (None,), 'float32'),
+              TensorSpec('cache', (None, *cache_shape), 'float32')),
+      outputs=(TensorSpec('action_logits', (None, model.num_actions), 'float32'),
+               TensorSpec('size', (None,), 'float32'),
+               TensorSpec('next_cache', (None, *cache_shape), 'float32')),
+      metadata=metadata,
+      real_inputs=real_inputs if task.normalizer is not None else None)
+
+
+def step_tokens(episodes: Mapping[str, np.ndarray], t: int) -> tuple[np.ndarray, ...]:
+  """Teacher-forced inputs of step ``t`` of full-context ``episodes`` (``rtg``, ``states``,
+  ``actions``, ``sizes`` ``[batch, K, ...]``), ordered like ``strategist_step``'s inputs but the
+  cache: ``(timestep, rtg, state, previous_action, previous_size)``."""
+  rows = len(episodes['rtg'])
+  previous = ((np.asarray(episodes['actions'][:, t - 1], np.int32),
+               np.asarray(episodes['sizes'][:, t - 1], np.float32)) if t else
+              (np.zeros(rows, np.int32), np.zeros(rows, np.float32)))
+  return (np.full(rows, t, np.int32), np.asarray(episodes['rtg'][:, t], np.float32),
+          np.asarray(episodes['states'][:, t], np.float32), *previous)
+
+
 MODELS: dict[str, ModelEntry] = {
     'oracle': ModelEntry('quantum_alpha_jax.tasks.oracle', quantile_forecaster('oracle')),
     'lstm': ModelEntry('quantum_alpha_jax.tasks.lstm', quantile_forecaster('lstm')),
     'guardian': ModelEntry('quantum_alpha_jax.tasks.guardian', guardian),
     'strategist': ModelEntry('quantum_alpha_jax.tasks.strategist', strategist),
+    'strategist_step': ModelEntry('quantum_alpha_jax.tasks.strategist', strategist_step),
 }
 
 

@@ -12,7 +12,10 @@ For each model with a workdir in ``config.models`` (empty = skip):
    export above ``config.parity.tolerance`` fails the run (nothing above tolerance reaches the
    manifest).
 4. ``<workdir>/manifest.json`` lists per model: the files with their SHA-256, the input and output
-   specs, the parity figures, the feature order, the normaliser and the source run.
+   specs, the parity figures, the feature order, the normaliser, the source run and ``serving``:
+   the model's own metadata beyond those (the input layout; the Oracle's quantiles; the Guardian's
+   regimes and risk thresholds; the Strategist's actions, conditioning token and, for
+   ``strategist_step``, the context length, cache layout and shape).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from quantum_alpha_jax.train import writers
 
 FORMATS = ('onnx', 'saved_model')
 MANIFEST_FORMAT = 1
+# Metadata keys the manifest entry already holds elsewhere (or that stay in the exported files).
+_MANIFEST_ELSEWHERE = ('format', 'model', 'feature_names', 'known_future_features', 'normalizer',
+                       'config')
 _VERSIONED_PACKAGES = {'onnx': ('jax2onnx', 'onnx', 'onnxruntime'),
                        'saved_model': ('tensorflow', 'tensorflow-cpu')}
 
@@ -149,7 +155,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
              'inputs': [spec.to_dict() for spec in inference.inputs],
              'outputs': [spec.to_dict() for spec in inference.outputs],
              'feature_names': metadata['feature_names'],
-             'normalizer': metadata['normalizer'], 'files': {}, 'parity': {}}
+             'normalizer': metadata['normalizer'],
+             'serving': {key: value for key, value in metadata.items()
+                         if key not in _MANIFEST_ELSEWHERE},
+             'files': {}, 'parity': {}}
     exporters = {
         'onnx': lambda: onnx_lib.export_onnx(inference, workdir / 'onnx' / f'{name}.onnx',
                                              opset=int(config.onnx_opset)),

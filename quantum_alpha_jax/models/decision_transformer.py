@@ -22,10 +22,23 @@ Dropout is :class:`quantum_alpha_jax.models.layers.Dropout`, whose masks come fr
 the element index (about one elementwise pass, where threefry bits per element dominated the
 elementwise cost of a CPU train step).
 
-Decoding. :meth:`DecisionTransformer.decode` runs the same blocks incrementally with a key/value
-cache of ``3K + 1`` slots: step t feeds ``(a_{t-1}, R_t, s_t)`` into slots ``3t .. 3t+2``; slot 0
-holds the absent ``a_{-1}`` and is masked for every query. Its outputs equal the full forward pass
-(tests/test_strategist.py), at ~1/K of the cost per step.
+Decoding. Step t of an episode feeds the three tokens ``(a_{t-1}, R_t, s_t)`` through the same
+blocks; each block's queries attend the keys and values of the episode's earlier tokens, read from
+a key/value cache of ``3K + 1`` slots, and the new tokens causally (``a_{-1}``, absent at t = 0, is
+masked for every query). The blocks return the new tokens' keys and values; two cache layouts keep
+them:
+
+- :meth:`DecisionTransformer.decode` (the rollout's): a list of per-block ``(keys, values)``, token
+  ``3t + j`` at slot ``3t + j`` (slot 0 holds ``a_{-1}``), one timestep for the whole batch, the
+  write an in-place ``dynamic_update_slice``.
+- :meth:`DecisionTransformer.decode_rolling` (the exported step's): one array ``[batch, layers, 2,
+  3K + 1, heads, head_size]`` (keys at index 0 of axis 2, values at 1) holding the most recent
+  tokens last; each step drops the three oldest slots and appends the new ones, so the write is at
+  a fixed place and every row may be at its own timestep (attention has no positional term: only
+  the mask says which slots are of this episode).
+
+Both equal the full forward pass (tests/test_strategist.py, tests/test_export.py), at ~1/K of the
+cost per step.
 """
 
 from __future__ import annotations
@@ -64,12 +77,42 @@ def initial_cache(model: 'DecisionTransformer', batch_size: int, dtype: Any = jn
   return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(model.num_layers)]
 
 
+def rolling_cache_shape(model: 'DecisionTransformer', batch_size: int) -> tuple[int, ...]:
+  """``(batch, layers, 2, 3K + 1, heads, head_size)``: the cache of
+  :meth:`DecisionTransformer.decode_rolling` (module docstring)."""
+  return (batch_size, model.num_layers, 2, 3 * model.context_length + 1, model.num_heads,
+          model.hidden_size // model.num_heads)
+
+
+def initial_rolling_cache(model: 'DecisionTransformer', batch_size: int,
+                          dtype: Any = jnp.float32) -> jax.Array:
+  """A zero cache for :meth:`DecisionTransformer.decode_rolling` (any values do at timestep 0:
+  the mask hides every slot of an earlier episode)."""
+  return jnp.zeros(rolling_cache_shape(model, batch_size), dtype)
+
+
+def decoding_mask(past_visible: jax.Array, timestep: jax.Array, length: int = 3) -> jax.Array:
+  """``[batch, length, slots + length]`` bool, True where new token i may attend: the cache slots
+  with ``past_visible [batch, slots]`` True, and new token j <= i unless j is the absent
+  ``a_{-1}`` (j = 0 at ``timestep [batch]`` 0)."""
+  new = np.arange(length)
+  causal = jnp.asarray(new[None, :] <= new[:, None])[None]  # [1, length, length]
+  present = (new[None, :] > 0) | (timestep[:, None] > 0)  # [batch, length]
+  new_visible = causal & present[:, None, :]
+  past = jnp.broadcast_to(past_visible[:, None, :], (past_visible.shape[0], length,
+                                                     past_visible.shape[1]))
+  return jnp.concatenate([past, new_visible], axis=-1)
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention with a fused QKV projection (module docstring).
 
-  Full pass: ``x [batch, T, H]`` with the constant causal mask. Cached pass: ``cache = (keys,
-  values) [batch, slots, heads, d]`` and the slot ``index`` of ``x``'s first token; the new keys
-  and values are written there and query i attends slots ``1 .. index + i``.
+  Full pass: ``x [batch, T, H]`` with the constant causal mask. Cached pass (deterministic):
+  ``cache = (keys, values) [batch, slots, heads, d]`` of earlier tokens, read only, and ``mask
+  [batch, T, slots + T]`` (:func:`decoding_mask`: the cache slots, then ``x``'s own tokens);
+  returns the output and ``x``'s new ``(keys, values) [batch, T, heads, d]`` for the caller to
+  write into its cache layout. Scores against the cache and against the new tokens share one
+  softmax, so nothing the size of the cache is copied.
   """
 
   num_heads: int
@@ -78,19 +121,24 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool, cache: tuple[jax.Array, jax.Array]
-               | None = None, index: jax.Array | None = None):
+               | None = None, mask: jax.Array | None = None):
     batch, length, width = x.shape
     head_size = width // self.num_heads
     qkv = nn.Dense(3 * width, name='qkv')(x).reshape(batch, length, 3, self.num_heads, head_size)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if cache is None:
-      keys, values, mask = key, value, causal_mask(length)
-    else:
-      keys = jax.lax.dynamic_update_slice(cache[0], key.astype(cache[0].dtype), (0, index, 0, 0))
-      values = jax.lax.dynamic_update_slice(cache[1], value.astype(cache[1].dtype),
-                                            (0, index, 0, 0))
-      slots = jnp.arange(keys.shape[1])[None, :]
-      mask = (slots >= 1) & (slots <= index + jnp.arange(length)[:, None])
+    if cache is not None:  # Incremental decoding: the cache's slots, then the new tokens.
+      past_keys, past_values = (part.astype(query.dtype) for part in cache)
+      scale = 1.0 / math.sqrt(head_size)
+      scores = jnp.concatenate([jnp.einsum('bqhd,bkhd->bhqk', query, past_keys),
+                                jnp.einsum('bqhd,bkhd->bhqk', query, key)], axis=-1)
+      scores = jnp.where(mask[:, None], scores.astype(jnp.float32) * scale, _MASK_VALUE)
+      weights = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+      slots = past_keys.shape[1]
+      heads = (jnp.einsum('bhqk,bkhd->bqhd', weights[..., :slots], past_values)
+               + jnp.einsum('bhqk,bkhd->bqhd', weights[..., slots:], value))
+      output = nn.Dense(width, name='output')(heads.reshape(batch, length, width).astype(x.dtype))
+      return output, (key, value)
+    keys, values, mask = key, value, causal_mask(length)
     scores = jnp.einsum('bqhd,bkhd->bhqk', query, keys.astype(query.dtype)).astype(jnp.float32)
     scores = jnp.where(mask, scores * (1.0 / math.sqrt(head_size)), _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1)
@@ -98,7 +146,7 @@ class CausalSelfAttention(nn.Module):
     heads = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(values.dtype), values)
     output = nn.Dense(width, name='output')(heads.reshape(batch, length, width).astype(x.dtype))
     output = Dropout(self.dropout_rate)(output, deterministic=deterministic)
-    return output, None if cache is None else (keys, values)
+    return output, None
 
 
 class Block(nn.Module):
@@ -109,12 +157,12 @@ class Block(nn.Module):
   attention_dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool, cache=None, index=None):
+  def __call__(self, x: jax.Array, *, deterministic: bool, cache=None, mask=None):
     dtype = x.dtype
     attended, cache = CausalSelfAttention(self.num_heads, self.dropout_rate,
                                           self.attention_dropout_rate, name='attention')(
         LayerNorm(name='attention_norm')(x).astype(dtype), deterministic=deterministic,
-        cache=cache, index=index)
+        cache=cache, mask=mask)
     x = x + attended
     width = x.shape[-1]
     hidden = nn.Dense(4 * width, name='mlp_in')(LayerNorm(name='mlp_norm')(x).astype(dtype))
@@ -207,19 +255,59 @@ class DecisionTransformer(nn.Module):
     batch, tokens, width = x.shape
     return self.heads(x.reshape(batch, tokens // 3, 3, width)[:, :, 1])
 
+  def decode_tokens(self, caches: Sequence[tuple[jax.Array, jax.Array]], past_visible: jax.Array,
+                    timestep: jax.Array, return_to_go: jax.Array, state: jax.Array,
+                    previous_action: jax.Array, previous_size: jax.Array
+                    ) -> tuple[dict[str, jax.Array], list]:
+    """The blocks over step t's tokens ``(a_{t-1}, R_t, s_t)`` (deterministic): ``caches`` per
+    block ``(keys, values) [batch, slots, heads, d]`` of which the slots with ``past_visible
+    [batch, slots]`` are this episode's earlier tokens; ``timestep [batch]`` int (< K). Returns the
+    heads of ``s_t`` and per block the new ``(keys, values) [batch, 3, heads, d]``."""
+    returns, state_token, action_token = self.token_embeddings(
+        return_to_go, state, previous_action, previous_size, timestep,
+        jnp.maximum(timestep - 1, 0))
+    x = jnp.stack([action_token, returns, state_token], axis=1)  # [batch, 3, H]
+    x = self.embedding_norm(x).astype(state.dtype)
+    mask = decoding_mask(past_visible, timestep)
+    written = []
+    for block, layer_cache in zip(self.blocks, caches):
+      x, new = block(x, deterministic=True, cache=layer_cache, mask=mask)
+      written.append(new)
+    return self.heads(x[:, 2]), written
+
   def decode(self, cache: Cache, step: jax.Array, return_to_go: jax.Array, state: jax.Array,
              previous_action: jax.Array, previous_size: jax.Array
              ) -> tuple[dict[str, jax.Array], list]:
     """One step of incremental decoding (deterministic): feeds ``(a_{t-1}, R_t, s_t)`` for
-    ``step = t`` (the timestep, < K) with ``return_to_go, previous_size [batch]``, ``state
-    [batch, S]``, ``previous_action [batch]`` int; returns the heads of ``s_t`` and the cache."""
+    ``step = t`` (the timestep, < K, one for the batch) with ``return_to_go, previous_size
+    [batch]``, ``state [batch, S]``, ``previous_action [batch]`` int; returns the heads of ``s_t``
+    and the cache (:func:`initial_cache`'s layout: token 3t + j at slot 3t + j)."""
     now = jnp.full(previous_action.shape, step, jnp.int32)
-    returns, state_token, action_token = self.token_embeddings(
-        return_to_go, state, previous_action, previous_size, now, jnp.maximum(now - 1, 0))
-    x = jnp.stack([action_token, returns, state_token], axis=1)  # [batch, 3, H]
-    x = self.embedding_norm(x).astype(state.dtype)
-    new_cache = []
-    for block, layer_cache in zip(self.blocks, cache):
-      x, layer_cache = block(x, deterministic=True, cache=layer_cache, index=3 * step)
-      new_cache.append(layer_cache)
-    return self.heads(x[:, 2]), new_cache
+    slots = jnp.arange(cache[0][0].shape[1])
+    past_visible = jnp.broadcast_to((slots >= 1) & (slots < 3 * step),
+                                    (previous_action.shape[0], slots.shape[0]))
+    heads, written = self.decode_tokens(cache, past_visible, now, return_to_go, state,
+                                        previous_action, previous_size)
+    new_cache = [tuple(jax.lax.dynamic_update_slice(old, new.astype(old.dtype),
+                                                    (0, 3 * step, 0, 0))
+                       for old, new in zip(layer_cache, layer_new))
+                 for layer_cache, layer_new in zip(cache, written)]
+    return heads, new_cache
+
+  def decode_rolling(self, cache: jax.Array, timestep: jax.Array, return_to_go: jax.Array,
+                     state: jax.Array, previous_action: jax.Array, previous_size: jax.Array
+                     ) -> tuple[dict[str, jax.Array], jax.Array]:
+    """:meth:`decode` with the rolling cache ``[batch, layers, 2, 3K + 1, heads, d]`` (module
+    docstring; :func:`initial_rolling_cache`) and a ``timestep [batch]`` int per row (< K): the
+    last ``3t`` slots hold the episode's tokens ``a_{-1} .. s_{t-1}``. Returns the heads of
+    ``s_t`` and the cache with the three oldest slots dropped and ``(a_{t-1}, R_t, s_t)``
+    appended."""
+    timestep = timestep.astype(jnp.int32)
+    slots = cache.shape[3]
+    # Visible: the last 3t slots but the first of them (a_{-1}); none at t = 0.
+    past_visible = jnp.arange(slots)[None, :] > slots - 3 * timestep[:, None]
+    caches = [(cache[:, layer, 0], cache[:, layer, 1]) for layer in range(cache.shape[1])]
+    heads, written = self.decode_tokens(caches, past_visible, timestep, return_to_go, state,
+                                        previous_action, previous_size)
+    new = jnp.stack([jnp.stack(pair, axis=1) for pair in written], axis=1)  # [b, L, 2, 3, h, d]
+    return heads, jnp.concatenate([cache[:, :, :, 3:], new.astype(cache.dtype)], axis=3)
