@@ -74,21 +74,37 @@ import pandas as pd
 
 from quantum_alpha_jax import errors
 from quantum_alpha_jax import fills
+from quantum_alpha_jax.data import episodes as episodes_lib
+from quantum_alpha_jax.data import policies
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 
-ACTIONS = ('hold', 'buy', 'sell')
-HOLD, BUY, SELL = 0, 1, 2
-POLICIES = ('oracle', 'trend', 'mean_reversion', 'random', 'momentum')
-HEURISTICS = ('trend', 'mean_reversion', 'random')
-RULES = ('trend', 'momentum', 'mean_reversion')  # the causal rule behaviours
+# Actions and behaviour policies (data/policies.py), bound here: the Strategist, the backtest and
+# the service read them as part of the trajectory interface.
+ACTIONS, HOLD, BUY, SELL = policies.ACTIONS, policies.HOLD, policies.BUY, policies.SELL
+HEURISTICS, RULES = policies.HEURISTICS, policies.RULES
+MOMENTUM_LOOKBACKS = policies.MOMENTUM_LOOKBACKS
+actions_from_positions = policies.actions_from_positions
+next_position = policies.next_position
+discounted_returns_to_go = policies.discounted_returns_to_go
+hindsight_policy = policies.hindsight_policy
+hindsight_levels = policies.hindsight_levels
+rule_events = policies.rule_events
+rule_actions = policies.rule_actions
+trend_levels = policies.trend_levels
+momentum_levels = policies.momentum_levels
+mean_reversion_levels = policies.mean_reversion_levels
+random_positions = policies.random_positions
+heuristic_positions = policies.heuristic_positions
+POLICIES = policies.POLICIES
 STATE_SIZE = len(FEATURES) + 1  # features + the position held into the decision
-BAR_SPEC = windows.WindowSpec(1, 0)  # one bar: every state is normalised relative to itself
-_COLUMN = {name: FEATURES.index(name) for name in ('EMA_12', 'EMA_26', 'SMA_50', 'close', 'open',
-                                                    'RSI_14', 'returns_3', 'returns_12',
-                                                    'returns_60', 'volatility_240')}
-MOMENTUM_LOOKBACKS = (3, 12, 60)  # the trailing returns among FEATURES
-_GENERATION_CHUNK = 4096  # episodes generated at once (bounds the memory of a split's generation)
+BAR_SPEC = episodes_lib.BAR_SPEC
+# The episodes of a split (data/episodes.py), bound here for the Strategist's evaluation.
+fit_normalizer = episodes_lib.fit_normalizer
+normalized_features = episodes_lib.normalized_features
+episode_starts = episodes_lib.episode_starts
+generate_episodes = episodes_lib.generate_episodes
+episode_rewards = episodes_lib.episode_rewards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,303 +235,7 @@ class TrajectorySpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# Actions, positions and returns-to-go.
-
-
-def actions_from_positions(positions: np.ndarray, initial: np.ndarray | float = 0.0
-                           ) -> tuple[np.ndarray, np.ndarray]:
-  """Canonical ``(actions int32, sizes float32)`` of positions ``[..., time]`` entered from
-  ``initial [...]``: hold where the position is unchanged, else buy (long) or sell (flat/short)."""
-  positions = np.asarray(positions, np.float32)
-  initial = np.broadcast_to(np.asarray(initial, np.float32), positions.shape[:-1])
-  previous = np.concatenate([initial[..., None], positions[..., :-1]], axis=-1)
-  changed = positions != previous
-  actions = np.where(changed, np.where(positions > 0, BUY, SELL), HOLD).astype(np.int32)
-  sizes = np.where(changed, np.abs(positions), 0.0).astype(np.float32)
-  return actions, sizes
-
-
-def next_position(previous, action, size, allow_short: bool, xp=np):
-  """The position after ``action`` with ``size`` from ``previous`` (numpy or ``xp=jax.numpy``)."""
-  sold = -size if allow_short else xp.zeros_like(size)
-  return xp.where(action == HOLD, previous, xp.where(action == BUY, size, sold))
-
-
-def discounted_returns_to_go(rewards: np.ndarray, discount: float) -> np.ndarray:
-  """``R_t = Σ_{j>=t} γ^{j-t} ρ_j`` over the last axis of ``rewards [..., time]`` (float64)."""
-  rewards = np.asarray(rewards, np.float64)
-  output = np.empty_like(rewards)
-  running = np.zeros(rewards.shape[:-1])
-  for t in range(rewards.shape[-1] - 1, -1, -1):
-    running = rewards[..., t] + discount * running
-    output[..., t] = running
-  return output
-
-
-# ----------------------------------------------------------------------------------------------
-# Behaviour policies over [episodes, time] arrays.
-
-
-def _forward_fill(events: np.ndarray, initial: np.ndarray) -> np.ndarray:
-  """Levels ``[E, T]``: each NaN of ``events`` keeps the previous level (``initial`` before t=0)."""
-  values = np.concatenate([np.asarray(initial, np.float64)[:, None], events], axis=1)
-  index = np.where(np.isnan(values), 0, np.arange(values.shape[1])[None, :])
-  np.maximum.accumulate(index, axis=1, out=index)
-  return np.take_along_axis(values, index, axis=1)[:, 1:]
-
-
-def hindsight_policy(gains: np.ndarray, cost: float, allow_short: bool
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """The exact hindsight oracle as a policy: ``(levels [n], choice [E, T, n])`` where
-  ``levels[choice[e, t, i]]`` is the level to hold after step t when ``levels[i]`` is held before
-  it, maximising ``Σ_{j>=t} ℓ_j g_j - cost Σ_{j>=t} |ℓ_j - ℓ_{j-1}|`` over ``gains [E, T]`` (DP)."""
-  levels = np.array([-1.0, 0.0, 1.0] if allow_short else [0.0, 1.0])
-  episodes, steps = gains.shape
-  switch = cost * np.abs(levels[:, None] - levels[None, :])  # [previous, next]
-  value = np.zeros((episodes, len(levels)))  # best value from step t on, by previous level
-  choice = np.zeros((episodes, steps, len(levels)), np.int8)
-  for t in range(steps - 1, -1, -1):
-    # total[e, previous, next] = next * g_t - switch + value_{t+1}(next)
-    total = (levels[None, None, :] * gains[:, t, None, None] - switch[None]
-             + value[:, None, :])
-    choice[:, t] = np.argmax(total, axis=2)
-    value = np.max(total, axis=2)
-  return levels, choice
-
-
-def hindsight_levels(gains: np.ndarray, cost: float, initial_level: np.ndarray,
-                     allow_short: bool) -> np.ndarray:
-  """Levels ``[E, T]`` in {0, 1} ({-1, 0, 1} with shorts) maximising
-  ``Σ_t ℓ_t g_t - cost Σ_t |ℓ_t - ℓ_{t-1}|`` from ``ℓ_{-1} = initial_level [E]`` (exact DP)."""
-  levels, choice = hindsight_policy(gains, cost, allow_short)
-  episodes, steps = gains.shape
-  state = np.searchsorted(levels, np.asarray(initial_level, np.float64))
-  path = np.empty((episodes, steps))
-  rows = np.arange(episodes)
-  for t in range(steps):
-    state = choice[rows, t, state]
-    path[:, t] = levels[state]
-  return path
-
-
-def rule_events(policy: str, features: np.ndarray, allow_short: bool, parameter: Any = None
-                ) -> np.ndarray:
-  """The level a causal rule asks for at each bar of raw features ``[..., 44]``: 1 (long), 0 or -1
-  (out, or short with ``allow_short``), NaN where it keeps the level it holds (module docstring).
-  ``parameter``: the ``(look-back, threshold)`` of a momentum rule."""
-  out = -1.0 if allow_short else 0.0
-  if policy == 'trend':
-    fast, slow = features[..., _COLUMN['EMA_12']], features[..., _COLUMN['EMA_26']]
-    close, long_average = features[..., _COLUMN['close']], features[..., _COLUMN['SMA_50']]
-    up = (fast > slow) & (close > long_average)
-    down = (fast < slow) & (close < long_average)
-    return np.where(up, 1.0, np.where(down, out, np.nan))
-  if policy == 'momentum':
-    bars, threshold = parameter
-    trailing = features[..., _COLUMN[f'returns_{bars}']]
-    scale = features[..., _COLUMN['volatility_240']] * np.sqrt(bars)
-    return np.where(trailing > threshold * scale, 1.0,
-                    np.where(trailing < -threshold * scale, out, np.nan))
-  if policy == 'mean_reversion':
-    rsi = features[..., _COLUMN['RSI_14']]
-    return np.where(rsi < 30, 1.0, np.where(rsi > 70, out,
-                                            np.where((rsi >= 45) & (rsi <= 55), 0.0, np.nan)))
-  raise errors.ConfigError(errors.describe('rule_events', f'{policy!r} is not a causal rule',
-                                           'use trend, momentum or mean_reversion'))
-
-
-def rule_actions(policy: str, features: np.ndarray, held: np.ndarray, allow_short: bool,
-                 parameter: Any = None) -> np.ndarray:
-  """The canonical action ``[...]`` a causal rule takes at each bar of ``features [..., 44]`` from
-  the position ``held [...]`` (hold when it keeps that level's sign, buy to go long, else sell)."""
-  level = np.sign(np.asarray(held, np.float64))
-  wanted = rule_events(policy, np.asarray(features, np.float64), allow_short, parameter)
-  wanted = np.where(np.isnan(wanted), level, wanted)
-  return np.where(wanted == level, HOLD, np.where(wanted > 0, BUY, SELL)).astype(np.int32)
-
-
-def trend_levels(features: np.ndarray, initial_level: np.ndarray, allow_short: bool) -> np.ndarray:
-  """Trend following on raw features ``[E, T, 44]`` (module docstring); levels ``[E, T]``."""
-  return _forward_fill(rule_events('trend', features, allow_short), initial_level)
-
-
-def momentum_levels(features: np.ndarray, initial_level: np.ndarray, allow_short: bool,
-                    bars: int, threshold: float) -> np.ndarray:
-  """Momentum on raw features ``[E, T, 44]``: long while the trailing ``bars``-bar return exceeds
-  ``threshold`` standard deviations (``volatility_240 · sqrt(bars)``), out (or short) below minus
-  that, otherwise keep; levels ``[E, T]``."""
-  return _forward_fill(rule_events('momentum', features, allow_short, (bars, threshold)),
-                       initial_level)
-
-
-def mean_reversion_levels(features: np.ndarray, initial_level: np.ndarray,
-                          allow_short: bool) -> np.ndarray:
-  """Mean reversion on ``RSI_14`` of raw features ``[E, T, 44]``; levels ``[E, T]``."""
-  return _forward_fill(rule_events('mean_reversion', features, allow_short), initial_level)
-
-
-def random_positions(rng: np.random.Generator, shape: tuple[int, int], initial: np.ndarray,
-                     allow_short: bool) -> np.ndarray:
-  """Random trading: per-episode action rate in [0.02, 0.15], random sizes; positions ``[E, T]``."""
-  episodes, steps = shape
-  rate = rng.uniform(0.02, 0.15, size=(episodes, 1))
-  acts = rng.random((episodes, steps)) < rate
-  buy = rng.random((episodes, steps)) < 0.5
-  size = np.round(rng.uniform(0.1, 1.0, size=(episodes, steps)), 2)
-  sold = -size if allow_short else np.zeros_like(size)
-  events = np.where(acts, np.where(buy, size, sold), np.nan)
-  return _forward_fill(events, initial)
-
-
-def heuristic_positions(name: str, features: np.ndarray, allow_short: bool = False,
-                        seed: int = 0) -> np.ndarray:
-  """A causal behaviour policy at size 1 over one series of raw features ``[time, 44]``, starting
-  flat: the target positions ``[time]`` for a whole-period backtest baseline."""
-  features = np.asarray(features, np.float64)[None]
-  flat = np.zeros(1)
-  if name == 'trend':
-    return trend_levels(features, flat, allow_short)[0]
-  if name == 'mean_reversion':
-    return mean_reversion_levels(features, flat, allow_short)[0]
-  if name == 'random':
-    return random_positions(np.random.default_rng(seed), features.shape[:2], flat, allow_short)[0]
-  raise errors.ConfigError(errors.describe('heuristic_positions', f'unknown heuristic {name!r}',
-                                           f'use one of {HEURISTICS}'))
-
-
-# ----------------------------------------------------------------------------------------------
 # Episodes of a split.
-
-
-def fit_normalizer(arrays: windows.WindowArrays, rows: np.ndarray, *,
-                   train_split: windows.Split | None = None, sample_size: int = 65536,
-                   seed: int = 0) -> windows.Normalizer:
-  """The one-bar (self-anchored) normaliser of the states, fitted on the training split's ``rows``."""
-  return windows.Normalizer.fit(arrays, BAR_SPEC, rows, train_split=train_split,
-                                sample_size=sample_size, seed=seed)
-
-
-def normalized_features(arrays: windows.WindowArrays, normalizer: windows.Normalizer,
-                        rows: np.ndarray) -> np.ndarray:
-  """The state features of bars ``rows [...]``: each bar normalised relative to itself, ``[..., 44]``."""
-  rows = np.asarray(rows, np.int64)
-  values = np.take(arrays.features, rows.reshape(-1), axis=0)
-  return normalizer.apply(values[:, None, :], values)[:, 0].reshape(rows.shape + (len(FEATURES),))
-
-
-def episode_starts(arrays: windows.WindowArrays, rows: np.ndarray, episode_length: int,
-                   stride: int = 1) -> np.ndarray:
-  """First decision rows ``r`` whose bars ``r-1 .. r+L`` all lie in ``rows`` (sorted bars of one
-  split) and in one segment; every ``stride``-th of them, ``[episodes]`` int64."""
-  rows = np.asarray(rows, np.int64)
-  span = episode_length + 2
-  member = np.zeros(arrays.num_rows + 1, np.int64)
-  member[rows] = 1
-  before = np.concatenate([[0], np.cumsum(member)])
-  first = rows[rows + span - 1 < arrays.num_rows]
-  last = first + span - 1
-  segment = np.asarray(arrays.segment)
-  usable = (before[last + 1] - before[first] == span) & (segment[first] == segment[last])
-  return first[usable][::stride] + 1
-
-
-def episode_rewards(initial: np.ndarray, positions: np.ndarray, open_price: np.ndarray,
-                    close: np.ndarray, spec: TrajectorySpec, observed: np.ndarray | None = None
-                    ) -> np.ndarray:
-  """Rewards ``[E, L]`` of positions ``[E, L]`` entered from ``initial [E]``, on the prices
-  ``open_price, close [E, L + 2]`` of bars ``r-1 .. r+L``: the engine fills ``initial`` at bar r's
-  open and ``p_t`` at bar r+t+1's open (deferred past hole-filling bars, ``observed [E, L + 2]``
-  False); ``ρ_t = reward_scale · log(E_{r+t+1} / E_{r+t})``."""
-  positions = np.asarray(positions, np.float64)
-  targets = np.concatenate([np.asarray(initial, np.float64)[:, None], positions,
-                            positions[:, -1:]], axis=1)
-  state = fills.simulate_batch(targets, open_price, fee_rate=spec.fee_rate,
-                                slippage_bps=spec.slippage_bps, observed=observed)
-  equity = state['cash'] + state['units'] * np.asarray(close, np.float64)
-  return spec.reward_scale * np.diff(np.log(equity[:, 1:]), axis=1)
-
-
-def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: TrajectorySpec,
-                      seed: int = 0, policies: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-  """Acts one behaviour policy per episode starting at each row of ``starts`` and scores it.
-
-  Returns ``start_row [E]``, ``behaviour [E]`` (index into ``spec.behaviours``),
-  ``initial_position [E]``, ``positions``, ``rewards`` and ``returns_to_go`` (unscaled)
-  ``[E, L]`` float32. ``policies`` overrides the mixture (e.g. ``('oracle',)`` with the spec's first
-  oracle noise level: the exact hindsight oracle when it is 0).
-  """
-  starts = np.asarray(starts, np.int64)
-  table = spec.behaviour_table
-  names = spec.behaviours
-  if policies is None:
-    weights = np.asarray([row[3] for row in table])
-  else:
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-      raise errors.ConfigError(errors.describe('generate_episodes', f'policies {unknown}',
-                                               f'use some of {POLICIES}'))
-    # Each named policy equally; the oracle at the spec's first noise level only.
-    first = {policy: index for index, (_, policy, _, _) in reversed(list(enumerate(table)))}
-    weights = np.zeros(len(table))
-    for policy in policies:
-      if policy not in first:
-        raise errors.ConfigError(errors.describe(
-            'generate_episodes', f'policy {policy!r} is not in the spec {spec.policies}'))
-      weights[first[policy]] = 1.0
-  probabilities = weights / weights.sum()
-  rng = np.random.default_rng([spec.seed, seed, 7])
-  behaviour = rng.choice(len(names), size=len(starts), p=probabilities).astype(np.int32)
-  size = rng.choice(np.asarray(spec.sizes, np.float64), size=len(starts))
-  flat = rng.random(len(starts)) < spec.initial_flat_probability
-  direction = np.where(spec.allow_short & (rng.random(len(starts)) < 0.5), -1.0, 1.0)
-  initial = np.where(flat, 0.0, direction * size)
-  length = spec.episode_length
-  offsets = np.arange(-1, length + 1)
-  close = np.asarray(arrays.close)
-  log_close = np.log(close)
-  next_returns_all = log_close[starts[:, None] + np.arange(1, length + 1)] - log_close[
-      starts[:, None] + np.arange(length)]
-  return_scale = float(np.std(next_returns_all)) if next_returns_all.size else 0.0
-  out = {'positions': np.zeros((len(starts), length), np.float32),
-         'rewards': np.zeros((len(starts), length), np.float32),
-         'returns_to_go': np.zeros((len(starts), length), np.float32)}
-  for begin in range(0, len(starts), _GENERATION_CHUNK):
-    part = slice(begin, begin + _GENERATION_CHUNK)
-    rows = starts[part, None] + offsets  # [E, L + 2]: r-1 .. r+L
-    raw = np.take(arrays.features, rows[:, 1:length + 1], axis=0).astype(np.float64)
-    kinds, sizes, start_level = behaviour[part], size[part], np.sign(initial[part])
-    positions = np.zeros((len(kinds), length))
-    chunk_rng = np.random.default_rng([spec.seed, seed, begin])
-    for kind in np.unique(kinds):
-      selected = kinds == kind
-      _, policy, parameter, _ = table[kind]
-      if policy == 'oracle':
-        gains = next_returns_all[part][selected]
-        gains = gains + parameter * return_scale * chunk_rng.standard_normal(gains.shape)
-        levels = hindsight_levels(gains, spec.cost, start_level[selected], spec.allow_short)
-      elif policy in ('trend', 'momentum', 'mean_reversion'):
-        events = rule_events(policy, raw[selected], spec.allow_short, parameter)
-        if spec.rule_noise > 0:
-          rate = chunk_rng.uniform(0.0, spec.rule_noise, size=(len(events), 1))
-          deviate = chunk_rng.random(events.shape) < rate
-          wrong = np.where(chunk_rng.random(events.shape) < 0.5, 1.0,
-                           -1.0 if spec.allow_short else 0.0)
-          events = np.where(deviate, wrong, events)
-        levels = _forward_fill(events, start_level[selected])
-      else:
-        positions[selected] = random_positions(chunk_rng, (int(selected.sum()), length),
-                                               initial[part][selected], spec.allow_short)
-        continue
-      positions[selected] = levels * sizes[selected, None]
-    positions = positions.astype(np.float32)
-    open_price = np.take(arrays.features[:, _COLUMN['open']], rows).astype(np.float64)
-    rewards = episode_rewards(initial[part], positions, open_price, close[rows], spec,
-                              observed=np.take(np.asarray(arrays.observed, bool), rows))
-    out['positions'][part] = positions
-    out['rewards'][part] = rewards
-    out['returns_to_go'][part] = discounted_returns_to_go(rewards, spec.discount)
-  return {'start_row': starts, 'behaviour': behaviour, 'size': size.astype(np.float32),
-          'initial_position': initial.astype(np.float32), **out}
 
 
 class TrajectorySource(grain.sources.RandomAccessDataSource):

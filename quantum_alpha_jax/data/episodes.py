@@ -1,0 +1,156 @@
+"""The episodes of a split for the Strategist: where episodes start, the behaviour positions over
+them (the mixture of policies in a :class:`trajectories.TrajectorySpec`), their after-fee rewards
+through the fill model and the returns-to-go. Split out of ``data/trajectories.py`` (issue #17),
+which wraps them as a Grain source.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from quantum_alpha_jax import errors
+from quantum_alpha_jax import fills
+from quantum_alpha_jax.data import policies as policies_lib
+from quantum_alpha_jax.data import windows
+
+if TYPE_CHECKING:
+  from quantum_alpha_jax.data.trajectories import TrajectorySpec
+
+BAR_SPEC = windows.WindowSpec(1, 0)  # one bar: every state is normalised relative to itself
+from quantum_alpha_jax.data.features import FEATURES
+
+
+_GENERATION_CHUNK = 4096  # episodes generated at once (bounds the memory of a split's generation)
+
+
+def fit_normalizer(arrays: windows.WindowArrays, rows: np.ndarray, *,
+                   train_split: windows.Split | None = None, sample_size: int = 65536,
+                   seed: int = 0) -> windows.Normalizer:
+  """The one-bar (self-anchored) normaliser of the states, fitted on the training split's ``rows``."""
+  return windows.Normalizer.fit(arrays, BAR_SPEC, rows, train_split=train_split,
+                                sample_size=sample_size, seed=seed)
+
+
+def normalized_features(arrays: windows.WindowArrays, normalizer: windows.Normalizer,
+                        rows: np.ndarray) -> np.ndarray:
+  """The state features of bars ``rows [...]``: each bar normalised relative to itself, ``[..., 44]``."""
+  rows = np.asarray(rows, np.int64)
+  values = np.take(arrays.features, rows.reshape(-1), axis=0)
+  return normalizer.apply(values[:, None, :], values)[:, 0].reshape(rows.shape + (len(FEATURES),))
+
+
+def episode_starts(arrays: windows.WindowArrays, rows: np.ndarray, episode_length: int,
+                   stride: int = 1) -> np.ndarray:
+  """First decision rows ``r`` whose bars ``r-1 .. r+L`` all lie in ``rows`` (sorted bars of one
+  split) and in one segment; every ``stride``-th of them, ``[episodes]`` int64."""
+  rows = np.asarray(rows, np.int64)
+  span = episode_length + 2
+  member = np.zeros(arrays.num_rows + 1, np.int64)
+  member[rows] = 1
+  before = np.concatenate([[0], np.cumsum(member)])
+  first = rows[rows + span - 1 < arrays.num_rows]
+  last = first + span - 1
+  segment = np.asarray(arrays.segment)
+  usable = (before[last + 1] - before[first] == span) & (segment[first] == segment[last])
+  return first[usable][::stride] + 1
+
+
+def episode_rewards(initial: np.ndarray, positions: np.ndarray, open_price: np.ndarray,
+                    close: np.ndarray, spec: TrajectorySpec, observed: np.ndarray | None = None
+                    ) -> np.ndarray:
+  """Rewards ``[E, L]`` of positions ``[E, L]`` entered from ``initial [E]``, on the prices
+  ``open_price, close [E, L + 2]`` of bars ``r-1 .. r+L``: the engine fills ``initial`` at bar r's
+  open and ``p_t`` at bar r+t+1's open (deferred past hole-filling bars, ``observed [E, L + 2]``
+  False); ``ρ_t = reward_scale · log(E_{r+t+1} / E_{r+t})``."""
+  positions = np.asarray(positions, np.float64)
+  targets = np.concatenate([np.asarray(initial, np.float64)[:, None], positions,
+                            positions[:, -1:]], axis=1)
+  state = fills.simulate_batch(targets, open_price, fee_rate=spec.fee_rate,
+                                slippage_bps=spec.slippage_bps, observed=observed)
+  equity = state['cash'] + state['units'] * np.asarray(close, np.float64)
+  return spec.reward_scale * np.diff(np.log(equity[:, 1:]), axis=1)
+
+
+def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: TrajectorySpec,
+                      seed: int = 0, policies: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Acts one behaviour policy per episode starting at each row of ``starts`` and scores it.
+
+  Returns ``start_row [E]``, ``behaviour [E]`` (index into ``spec.behaviours``),
+  ``initial_position [E]``, ``positions``, ``rewards`` and ``returns_to_go`` (unscaled)
+  ``[E, L]`` float32. ``policies`` overrides the mixture (e.g. ``('oracle',)`` with the spec's first
+  oracle noise level: the exact hindsight oracle when it is 0).
+  """
+  starts = np.asarray(starts, np.int64)
+  table = spec.behaviour_table
+  names = spec.behaviours
+  if policies is None:
+    weights = np.asarray([row[3] for row in table])
+  else:
+    unknown = [p for p in policies if p not in policies_lib.POLICIES]
+    if unknown:
+      raise errors.ConfigError(errors.describe('generate_episodes', f'policies {unknown}',
+                                               f'use some of {policies_lib.POLICIES}'))
+    # Each named policy equally; the oracle at the spec's first noise level only.
+    first = {policy: index for index, (_, policy, _, _) in reversed(list(enumerate(table)))}
+    weights = np.zeros(len(table))
+    for policy in policies:
+      if policy not in first:
+        raise errors.ConfigError(errors.describe(
+            'generate_episodes', f'policy {policy!r} is not in the spec {spec.policies}'))
+      weights[first[policy]] = 1.0
+  probabilities = weights / weights.sum()
+  rng = np.random.default_rng([spec.seed, seed, 7])
+  behaviour = rng.choice(len(names), size=len(starts), p=probabilities).astype(np.int32)
+  size = rng.choice(np.asarray(spec.sizes, np.float64), size=len(starts))
+  flat = rng.random(len(starts)) < spec.initial_flat_probability
+  direction = np.where(spec.allow_short & (rng.random(len(starts)) < 0.5), -1.0, 1.0)
+  initial = np.where(flat, 0.0, direction * size)
+  length = spec.episode_length
+  offsets = np.arange(-1, length + 1)
+  close = np.asarray(arrays.close)
+  log_close = np.log(close)
+  next_returns_all = log_close[starts[:, None] + np.arange(1, length + 1)] - log_close[
+      starts[:, None] + np.arange(length)]
+  return_scale = float(np.std(next_returns_all)) if next_returns_all.size else 0.0
+  out = {'positions': np.zeros((len(starts), length), np.float32),
+         'rewards': np.zeros((len(starts), length), np.float32),
+         'returns_to_go': np.zeros((len(starts), length), np.float32)}
+  for begin in range(0, len(starts), _GENERATION_CHUNK):
+    part = slice(begin, begin + _GENERATION_CHUNK)
+    rows = starts[part, None] + offsets  # [E, L + 2]: r-1 .. r+L
+    raw = np.take(arrays.features, rows[:, 1:length + 1], axis=0).astype(np.float64)
+    kinds, sizes, start_level = behaviour[part], size[part], np.sign(initial[part])
+    positions = np.zeros((len(kinds), length))
+    chunk_rng = np.random.default_rng([spec.seed, seed, begin])
+    for kind in np.unique(kinds):
+      selected = kinds == kind
+      _, policy, parameter, _ = table[kind]
+      if policy == 'oracle':
+        gains = next_returns_all[part][selected]
+        gains = gains + parameter * return_scale * chunk_rng.standard_normal(gains.shape)
+        levels = policies_lib.hindsight_levels(gains, spec.cost, start_level[selected], spec.allow_short)
+      elif policy in ('trend', 'momentum', 'mean_reversion'):
+        events = policies_lib.rule_events(policy, raw[selected], spec.allow_short, parameter)
+        if spec.rule_noise > 0:
+          rate = chunk_rng.uniform(0.0, spec.rule_noise, size=(len(events), 1))
+          deviate = chunk_rng.random(events.shape) < rate
+          wrong = np.where(chunk_rng.random(events.shape) < 0.5, 1.0,
+                           -1.0 if spec.allow_short else 0.0)
+          events = np.where(deviate, wrong, events)
+        levels = policies_lib.forward_fill(events, start_level[selected])
+      else:
+        positions[selected] = policies_lib.random_positions(chunk_rng, (int(selected.sum()), length),
+                                               initial[part][selected], spec.allow_short)
+        continue
+      positions[selected] = levels * sizes[selected, None]
+    positions = positions.astype(np.float32)
+    open_price = np.take(arrays.features[:, FEATURES.index('open')], rows).astype(np.float64)
+    rewards = episode_rewards(initial[part], positions, open_price, close[rows], spec,
+                              observed=np.take(np.asarray(arrays.observed, bool), rows))
+    out['positions'][part] = positions
+    out['rewards'][part] = rewards
+    out['returns_to_go'][part] = policies_lib.discounted_returns_to_go(rewards, spec.discount)
+  return {'start_row': starts, 'behaviour': behaviour, 'size': size.astype(np.float32),
+          'initial_position': initial.astype(np.float32), **out}
