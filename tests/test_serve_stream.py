@@ -3,6 +3,8 @@ refused without touching the state."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -372,3 +374,9 @@ def test_an_update_interrupted_midway_refuses_further_bars(monkeypatch):
   with pytest.raises(klines.DataError, match='half-updated') as raised:
     s.push(raw.iloc[351].to_dict())
   assert not isinstance(raised.value, stream.BarRejected)
+
+
+def test_rejection_survives_pickling_with_its_reason():
+  error = pickle.loads(pickle.dumps(stream.BarRejected('BTCUSDT bar 2023-01-01 00:00: x — y',
+                                                       'duplicate')))
+  assert error.reason == 'duplicate' and str(error) == 'BTCUSDT bar 2023-01-01 00:00: x — y'

@@ -14,6 +14,8 @@ The batch path computes its rolling means and stds with pandas' online algorithm
 (Kahan-compensated sums, Welford's variance with a recompute when cancellation is detected) and its
 recursive averages with pandas' ``ewm``; the classes below replay those very algorithms one value
 at a time, in the same float64 operation order, so the two paths cannot drift apart by a rounding.
+They are pandas 3's algorithms (2.x rolling variance differed); the float64 replay tests in
+tests/test_serve_stream.py fail if a pandas upgrade changes one.
 
 The running sums carry their rounding residue from the first bar on, and OBV its running offset,
 so bit-identity holds when the stream starts at the batch frame's first bar (``push_frame(history,
@@ -79,6 +81,9 @@ class BarRejected(errors.DataError):
   def __init__(self, message: str, reason: str):
     super().__init__(message)
     self.reason = reason
+
+  def __reduce__(self):  # pickles with its reason (across processes)
+    return type(self), (str(self), self.reason)
 
 
 @dataclasses.dataclass(frozen=True)
