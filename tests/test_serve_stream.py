@@ -225,6 +225,18 @@ def test_pushing_the_regularised_frame_gives_the_same_rows():
   _assert_rows_equal(bars, features.compute_features(regular))
 
 
+@pytest.mark.parametrize('interval', ['1m', '1h'])
+def test_other_intervals_fill_and_split_on_their_own_grid(interval):
+  raw = _raw(rows=900, holes=((400, 405), (600, 700)))
+  step = klines.INTERVALS[interval]
+  raw[schema.TIMESTAMP] = pd.Timestamp('2023-01-01', tz='UTC') + step * (
+      (raw[schema.TIMESTAMP] - raw[schema.TIMESTAMP][0]) // schema.BAR)
+  regular, _ = klines.regularize(raw, fill_limit_bars=FILL_LIMIT, interval=interval)
+  assert regular[schema.SEGMENT].nunique() == 2 and (~regular[schema.OBSERVED]).sum() == 5
+  bars = _push_all(stream.SymbolStream('BTCUSDT', interval=interval), raw)
+  _assert_rows_equal(bars, features.compute_features(regular))
+
+
 def test_time_keys_give_the_same_rows():
   raw = _raw(rows=400, extras=False)
   times = schema.timestamps_ns(raw)
