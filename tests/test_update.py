@@ -113,6 +113,30 @@ def _holdout_loss_by_hand(version: model_store.ModelVersion, frames, splits: dic
   return float(np.mean(np.maximum(LEVELS * error, (LEVELS - 1) * error)))
 
 
+def _holdout_targets_by_hand(frames, holdout) -> tuple[np.ndarray, np.ndarray]:
+  """The holdout windows' targets [windows, 6] (percent log-returns to each of the next 6 closes)
+  and their anchor bar's own return [windows], straight from the close prices. Holdout windows
+  (24 + 6 bars) start at least 30 bars (the purge) after the holdout begins and end before it
+  ends."""
+  targets, last_returns = [], []
+  for symbol in SYMBOLS:
+    close = frames[symbol].set_index(schema.TIMESTAMP)['close']
+    bars = close.index
+    anchors = np.flatnonzero(
+        (bars >= pd.Timestamp(holdout[0]) + pd.Timedelta(minutes=5 * (30 + 23)))
+        & (bars < pd.Timestamp(holdout[1]) - pd.Timedelta(minutes=5 * 6)))
+    close = close.to_numpy()
+    targets.append(100 * np.log(close[anchors[:, None] + np.arange(1, 7)] / close[anchors, None]))
+    last_returns.append(100 * np.log(close[anchors] / close[anchors - 1]))
+  return np.concatenate(targets), np.concatenate(last_returns)
+
+
+def _pinball_by_hand(targets: np.ndarray, point: np.ndarray) -> np.ndarray:
+  """Per-window pinball loss [windows] at LEVELS of a point forecast used as every quantile."""
+  error = (targets - point)[..., None]
+  return np.maximum(LEVELS * error, (LEVELS - 1) * error).mean((1, 2))
+
+
 def test_the_first_cycle_ingests_trains_from_scratch_and_promotes(cycles):
   record, workdir = cycles['first'], cycles['workdir']
   models = model_store.ModelStore(workdir / 'models')
@@ -163,20 +187,9 @@ def test_new_days_are_ingested_finetuned_judged_on_the_newest_day_and_recorded(c
     version = models.load('oracle', record[role]['version'])
     expected = _holdout_loss_by_hand(version, frames, record['splits'], tmp_path / 'cache')
     assert record[role]['metrics']['loss'] == pytest.approx(expected, rel=2e-4)
-  # The zero-return baseline, straight from the close prices. Holdout windows (24 + 6 bars) start
-  # at least 30 bars (the purge) after the holdout begins and end before it ends.
-  losses = []
-  for symbol in SYMBOLS:
-    close = frames[symbol].set_index(schema.TIMESTAMP)['close']
-    bars = close.index
-    anchors = np.flatnonzero(
-        (bars >= pd.Timestamp(holdout[0]) + pd.Timedelta(minutes=5 * (30 + 23)))
-        & (bars < pd.Timestamp(holdout[1]) - pd.Timedelta(minutes=5 * 6)))
-    targets = 100 * np.log(close.to_numpy()[anchors[:, None] + np.arange(1, 7)]
-                           / close.to_numpy()[anchors, None])
-    losses.append(np.maximum(LEVELS * targets[..., None], (LEVELS - 1) * targets[..., None])
-                  .mean((1, 2)))
-  losses = np.concatenate(losses)
+  # The zero-return baseline, straight from the close prices.
+  targets, _ = _holdout_targets_by_hand(frames, holdout)
+  losses = _pinball_by_hand(targets, np.zeros_like(targets))
   assert record['baselines']['zero_return']['loss'] == pytest.approx(losses.mean(), rel=1e-4)
   # The decision follows the rule, and the pointer follows the decision.
   better = record['candidate']['metrics']['loss'] < record['incumbent']['metrics']['loss']
@@ -189,6 +202,17 @@ def test_new_days_are_ingested_finetuned_judged_on_the_newest_day_and_recorded(c
   assert [c['cycle'] for c in history['cycles']] == ['20240111T0000', '20240114T0000']
   assert [v['version'] for v in history['versions']] == [1, 2]
   assert (workdir / 'cycles.png').stat().st_size > 10_000
+
+
+def test_the_persistence_baseline_repeats_the_anchor_bars_return(cycles):
+  """The holdout's last-return persistence baseline (the Oracle's naive forecast): the anchor
+  bar's return times the horizon, scored by hand from the close prices."""
+  record = cycles['watched'][0]
+  frames = store_lib.read_store(cycles['workdir'] / 'features', SYMBOLS)
+  targets, last_returns = _holdout_targets_by_hand(frames, record['splits']['holdout'])
+  expected = _pinball_by_hand(targets, last_returns[:, None] * np.arange(1, 7)).mean()
+  assert record['baselines']['last_return_persistence']['loss'] == pytest.approx(expected,
+                                                                                 rel=1e-4)
 
 
 def test_the_decision_rule():
