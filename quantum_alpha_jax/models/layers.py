@@ -149,6 +149,10 @@ class Dropout(nn.Module):
     return jnp.where(keep, inputs * scale, jnp.zeros((), inputs.dtype))
 
 
+# Stacked kernels [networks, in, out]: fan-in and fan-out per network.
+_STACKED_KERNEL_INIT = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+
+
 class StackedDense(nn.Module):
   """Independent dense layers stacked on axis 0: ``y[n] = x[n] W_n + b_n``.
 
@@ -160,7 +164,7 @@ class StackedDense(nn.Module):
 
   features: int
   use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+  kernel_init: Initializer = _STACKED_KERNEL_INIT
   bias_init: Initializer = nn.initializers.zeros_init()
 
   @nn.compact
@@ -277,6 +281,157 @@ class GatedResidualNetwork(nn.Module):
         hidden, residual, deterministic=deterministic)
 
 
+# Rows of the per-variable GRNs evaluated together (see VariableSelectionNetwork, "Chunks"): at
+# the seed size (44 variables, width 128) one chunk's widest activation is 44·256·128·4 B = 5.8 MB,
+# which stays in the shared L3 cache, where the unchunked arrays (173-346 MB) stream through DRAM.
+VARIABLE_CHUNK_ROWS = 256
+
+
+def _hash_dropout(inputs: jax.Array, index: jax.Array, seed: jax.Array, rate: float) -> jax.Array:
+  """:class:`Dropout`'s mask and scaling for elements whose row-major indices in the array
+  that the mask is drawn for are ``index`` (uint32, the shape of ``inputs``): a chunk of a larger
+  array gets the elements of the mask that the whole array would."""
+  keep = (_hash_uint32(index * jnp.uint32(0x9E3779B9) ^ seed)
+          >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1)))
+  return jnp.where(keep, inputs * jnp.asarray(1.0 / (1.0 - rate), inputs.dtype),
+                   jnp.zeros((), inputs.dtype))
+
+
+class _StackedDenseWeights(nn.Module):
+  """The parameters of a :class:`StackedDense` (same names, shapes and initialisers), returned
+  rather than applied, for code that applies them itself."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, networks: int, in_features: int) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(kernel [networks, in_features, features], bias [networks, features])``."""
+    kernel = self.param('kernel', _STACKED_KERNEL_INIT, (networks, in_features, self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (networks, self.features))
+    return kernel, bias
+
+
+class _DropoutSeed(nn.Module):
+  """The 32-bit seed that a :class:`Dropout` at this module's path would draw (same rng)."""
+
+  rng_collection: str = 'dropout'
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return jax.random.bits(self.make_rng(self.rng_collection), (), jnp.uint32)
+
+
+class _StackedGateAddNormWeights(nn.Module):
+  """The parameters of a stacked :class:`GateAddNorm` (same tree: ``glu/{value,gate}/{kernel,
+  bias}`` and ``norm/{scale,bias}``) and the seed its GLU's dropout would draw, returned for code
+  that applies them itself: ``(weights, seed)``, where ``seed`` is None without dropout."""
+
+  features: int
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, networks: int, in_features: int, *, deterministic: bool = True
+               ) -> tuple[dict[str, jax.Array], jax.Array | None]:
+    glu = _StackedGluWeights(self.features, self.dropout_rate, name='glu')
+    (value_kernel, value_bias), (gate_kernel, gate_bias), seed = glu(
+        networks, in_features, deterministic=deterministic)
+    norm = _StackedNormWeights(name='norm')(networks, self.features)
+    return {'value_kernel': value_kernel, 'value_bias': value_bias, 'gate_kernel': gate_kernel,
+            'gate_bias': gate_bias, 'norm_scale': norm[0], 'norm_bias': norm[1]}, seed
+
+
+class _StackedGluWeights(nn.Module):
+  """``value`` and ``gate`` of a stacked :class:`GatedLinearUnit`, and its dropout seed."""
+
+  features: int
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, networks: int, in_features: int, *, deterministic: bool = True):
+    seed = None
+    if not deterministic and self.dropout_rate > 0.0:
+      seed = _DropoutSeed(name='Dropout_0')()  # GatedLinearUnit's Dropout is 'Dropout_0'.
+    value = _StackedDenseWeights(self.features, name='value')(networks, in_features)
+    gate = _StackedDenseWeights(self.features, name='gate')(networks, in_features)
+    return value, gate, seed
+
+
+class _StackedNormWeights(nn.Module):
+  """``scale`` and ``bias`` of a stacked :class:`LayerNorm`."""
+
+  @nn.compact
+  def __call__(self, networks: int, features: int) -> tuple[jax.Array, jax.Array]:
+    scale = self.param('scale', nn.initializers.ones_init(), (networks, features))
+    return scale, self.param('bias', nn.initializers.zeros_init(), (networks, features))
+
+
+def _selected_variable_grns(inputs: jax.Array, weights: jax.Array, params: dict[str, jax.Array],
+                            *, first_row: jax.Array | int = 0, total_rows: int | None = None,
+                            seed: jax.Array | None = None, rate: float = 0.0) -> jax.Array:
+  """``Σ_v w_v GRN_v(x_v)`` for rows ``inputs [rows, V]`` with ``weights [rows, V]``.
+
+  ``params`` holds the per-variable GRNs in factored form (see :class:`VariableSelectionNetwork`):
+  ``first_{kernel,bias} [V, h]``, ``hidden_{kernel [V, h, h], bias [V, h]}``,
+  ``{value,gate}_{kernel [V, h, H], bias [V, H]}``, ``skip_{kernel,bias} [V, H]`` and
+  ``norm_{scale,bias} [V, H]``. With ``seed``, the GLU input is dropped with the mask that
+  :class:`Dropout` draws for the whole ``[V, total_rows, h]`` array, of which these rows start at
+  ``first_row``: chunked or not, the same elements are dropped. Returns ``[rows, H]``.
+  """
+  by_variable = jnp.swapaxes(inputs, 0, 1)[..., None]  # [V, rows, 1]
+  per_variable = lambda name: params[name][:, None, :]
+  hidden = nn.elu(by_variable * per_variable('first_kernel') + per_variable('first_bias'))
+  hidden = (jnp.einsum('vri,vio->vro', hidden, params['hidden_kernel'])
+            + per_variable('hidden_bias'))
+  if seed is not None:
+    variables, rows, width = hidden.shape
+    total_rows = rows if total_rows is None else total_rows
+    index = (jax.lax.broadcasted_iota(jnp.uint32, hidden.shape, 0)
+             * jnp.uint32(total_rows * width % 2**32)
+             + (jax.lax.broadcasted_iota(jnp.uint32, hidden.shape, 1)
+                + jnp.asarray(first_row, jnp.uint32)) * jnp.uint32(width)
+             + jax.lax.broadcasted_iota(jnp.uint32, hidden.shape, 2))
+    hidden = _hash_dropout(hidden, index, seed, rate)
+  value = jnp.einsum('vri,vio->vro', hidden, params['value_kernel']) + per_variable('value_bias')
+  gate = jnp.einsum('vri,vio->vro', hidden, params['gate_kernel']) + per_variable('gate_bias')
+  residual = by_variable * per_variable('skip_kernel') + per_variable('skip_bias')
+  summed = (value * nn.sigmoid(gate)).astype(jnp.float32) + residual.astype(jnp.float32)
+  transformed = (_normalize(summed, 1e-6) * per_variable('norm_scale').astype(jnp.float32)
+                 + per_variable('norm_bias').astype(jnp.float32)).astype(value.dtype)
+  by_variable_weights = jnp.swapaxes(weights, 0, 1)[..., None].astype(transformed.dtype)
+  return jnp.sum(transformed * by_variable_weights, axis=0)
+
+
+def _chunked_variable_grns(inputs: jax.Array, weights: jax.Array, params: dict[str, jax.Array],
+                           *, chunk_rows: int, seed: jax.Array | None = None, rate: float = 0.0,
+                           remat: bool = False) -> jax.Array:
+  """:func:`_selected_variable_grns` over ``inputs [rows, V]`` in chunks of ``chunk_rows`` rows
+  (a ``lax.scan``; the last chunk zero-padded), each chunk under ``jax.checkpoint`` when ``remat``
+  so that the gradient recomputes a chunk's activations rather than storing them all. Same values
+  and dropout masks as one call over all rows. A symbolic row count (a batch dimension left open
+  for export) or rows ≤ ``chunk_rows`` is one call."""
+  rows = inputs.shape[0]
+  if not isinstance(rows, int) or rows <= chunk_rows:
+    return _selected_variable_grns(inputs, weights, params, seed=seed, rate=rate)
+  chunks = -(-rows // chunk_rows)
+  padding = chunks * chunk_rows - rows
+  if padding:
+    inputs = jnp.pad(inputs, ((0, padding), (0, 0)))
+    weights = jnp.pad(weights, ((0, padding), (0, 0)))
+
+  def chunk(params, inputs, weights, first_row):
+    return _selected_variable_grns(inputs, weights, params, first_row=first_row, total_rows=rows,
+                                   seed=seed, rate=rate)
+
+  if remat:
+    chunk = jax.checkpoint(chunk, prevent_cse=False)
+  first_rows = jnp.arange(chunks, dtype=jnp.uint32) * jnp.uint32(chunk_rows)
+  _, outputs = jax.lax.scan(
+      lambda carry, xs: (carry, chunk(params, *xs)), None,
+      (inputs.reshape(chunks, chunk_rows, -1), weights.reshape(chunks, chunk_rows, -1),
+       first_rows))
+  return outputs.reshape(chunks * chunk_rows, -1)[:rows]
+
+
 class VariableSelectionNetwork(nn.Module):
   """Variable selection network (VSN) over scalar continuous variables (TFT eqs. 6-8).
 
@@ -298,6 +453,16 @@ class VariableSelectionNetwork(nn.Module):
   skip of an affine ``e`` is an affine map of ``x`` with the same expressive power, so the skips
   are parameterised on the raw scalars: ``r_v = x_v s_v + t_v`` and ``x S + t``.
 
+  Chunks. The per-variable GRNs and the weighted sum run over ``chunk_rows`` rows (batch × time)
+  at a time, in a ``lax.scan``, and only the ``[rows, hidden]`` sum leaves a chunk. Unchunked, every
+  elementwise pass of the GRNs (ELU, bias, dropout, GLU, residual, LayerNorm and their gradients)
+  streamed ``[m, rows, hidden]`` arrays (346 MB at the seed size) through DRAM, because XLA:CPU
+  materialises every matmul output; a chunk's arrays stay in cache. In training
+  (``deterministic=False``) each chunk runs under ``jax.checkpoint``: the backward pass recomputes
+  the chunk's activations (a third more GRN FLOPs) instead of storing them all. Values, dropout
+  masks (drawn for the whole ``[m, rows, h]`` array, as unchunked) and gradients do not depend on
+  the chunk size, up to float rounding.
+
   Parameters: ``prescaler_{kernel,bias} [m, E]``; ``variable_input_{kernel [m, E, h], bias
   [m, h]}``, ``variable_skip_{kernel,bias} [m, hidden]``, ``variable_hidden`` and
   ``variable_gate_add_norm`` (stacked, ``h = min(E, hidden)``); ``selection_input_{kernel
@@ -310,12 +475,14 @@ class VariableSelectionNetwork(nn.Module):
     dropout_rate: dropout in the GRNs.
     selection_hidden_size: hidden width ``h_w`` of ``GRN_w``; defaults to
       ``min(hidden_size, m)`` as in pytorch-forecasting.
+    chunk_rows: rows per chunk of the per-variable GRNs (a speed knob; see "Chunks").
   """
 
   hidden_size: int
   embedding_size: int
   dropout_rate: float = 0.0
   selection_hidden_size: int | None = None
+  chunk_rows: int = VARIABLE_CHUNK_ROWS
 
   @nn.compact
   def __call__(self, inputs: jax.Array, context: jax.Array | None = None, *,
@@ -341,22 +508,38 @@ class VariableSelectionNetwork(nn.Module):
      skip_bias) = promote_dtype(inputs, prescaler_kernel, prescaler_bias, input_kernel,
                                 input_bias, skip_kernel, skip_bias)
 
-    # Per-variable GRNs, variable-major: [variables, ..., ·].
-    by_variable = jnp.moveaxis(inputs, -1, 0)[..., None]
-    ndim = by_variable.ndim
     first_kernel = jnp.einsum('ve,veh->vh', prescaler_kernel, input_kernel)
     first_bias = jnp.einsum('ve,veh->vh', prescaler_bias, input_kernel) + input_bias
-    hidden = nn.elu(by_variable * _per_network(first_kernel, ndim)
-                    + _per_network(first_bias, ndim))
-    hidden = StackedDense(variable_hidden, name='variable_hidden')(hidden)
-    residual = by_variable * _per_network(skip_kernel, ndim) + _per_network(skip_bias, ndim)
-    transformed = GateAddNorm(self.hidden_size, self.dropout_rate, stacked=True,
-                              name='variable_gate_add_norm')(hidden, residual,
-                                                             deterministic=deterministic)
-    if variables == 1:  # Nothing to select: the single variable has weight 1.
-      return transformed[0], jnp.ones(inputs.shape, jnp.float32)
+    hidden_kernel, hidden_bias = _StackedDenseWeights(variable_hidden, name='variable_hidden')(
+        variables, variable_hidden)
+    gate_add_norm, seed = _StackedGateAddNormWeights(
+        self.hidden_size, self.dropout_rate, name='variable_gate_add_norm')(
+            variables, variable_hidden, deterministic=deterministic)
+    grn_params = {'first_kernel': first_kernel, 'first_bias': first_bias,
+                  'hidden_kernel': hidden_kernel, 'hidden_bias': hidden_bias,
+                  'skip_kernel': skip_kernel, 'skip_bias': skip_bias, **gate_add_norm}
+    grn_params = {name: value if name.startswith('norm_') else value.astype(inputs.dtype)
+                  for name, value in grn_params.items()}
 
-    # Selection weights from the flattened embeddings and the context.
+    if variables == 1:  # Nothing to select: the single variable has weight 1.
+      weights = jnp.ones(inputs.shape, jnp.float32)
+    else:
+      weights = self._selection_weights(inputs, prescaler_kernel, prescaler_bias, context,
+                                        deterministic)
+    rows = inputs.shape[:-1]
+    selected = _chunked_variable_grns(
+        inputs.reshape(-1, variables), weights.reshape(-1, variables).astype(inputs.dtype),
+        grn_params, chunk_rows=self.chunk_rows, seed=seed, rate=self.dropout_rate,
+        remat=not deterministic)
+    return selected.reshape(*rows, self.hidden_size), weights
+
+  def _selection_weights(self, inputs: jax.Array, prescaler_kernel: jax.Array,
+                         prescaler_bias: jax.Array, context: jax.Array | None,
+                         deterministic: bool) -> jax.Array:
+    """``softmax(GRN_w([e_1, ..., e_m], c))`` in float32, ``[..., variables]``, the flattened
+    embeddings in factored form (class docstring)."""
+    variables, embedding = inputs.shape[-1], self.embedding_size
+    init = nn.initializers
     selection_hidden = self.selection_hidden_size or min(self.hidden_size, variables)
     selection_kernel = self.param('selection_input_kernel', init.lecun_normal(),
                                   (variables * embedding, selection_hidden))
@@ -373,9 +556,7 @@ class VariableSelectionNetwork(nn.Module):
     residual = nn.Dense(variables, name='selection_skip')(inputs)
     logits = GateAddNorm(variables, self.dropout_rate, name='selection_gate_add_norm')(
         hidden, residual, deterministic=deterministic)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    by_variable_weights = jnp.moveaxis(weights.astype(transformed.dtype), -1, 0)[..., None]
-    return jnp.sum(transformed * by_variable_weights, axis=0), weights
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def _lstm_bias_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:

@@ -49,6 +49,9 @@ class TemporalFusionTransformer(nn.Module):
     lstm_layers: LSTM layers in the encoder and in the decoder.
     dropout_rate: dropout in GRNs, GLUs, attention and between LSTM layers.
     quantiles: the forecast quantiles, one output each.
+    variable_chunk_rows: rows (batch × time) whose per-variable GRNs run together in variable
+      selection (``layers.VariableSelectionNetwork.chunk_rows``): a speed knob, the outputs do not
+      depend on it.
   """
 
   num_symbols: int = 8
@@ -62,6 +65,7 @@ class TemporalFusionTransformer(nn.Module):
   lstm_layers: int = 2
   dropout_rate: float = 0.1
   quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+  variable_chunk_rows: int = layers.VARIABLE_CHUNK_ROWS
 
   @nn.compact
   def __call__(self, encoder: jax.Array, decoder_known: jax.Array, symbol: jax.Array, *,
@@ -99,12 +103,12 @@ class TemporalFusionTransformer(nn.Module):
     # 2. Variable selection (the static context broadcasts over time).
     encoder_selected, encoder_weights = layers.VariableSelectionNetwork(
         hidden, self.hidden_continuous_size, self.dropout_rate,
-        name='encoder_variable_selection')(encoder, selection_context[:, None, :],
-                                           deterministic=deterministic)
+        chunk_rows=self.variable_chunk_rows, name='encoder_variable_selection')(
+            encoder, selection_context[:, None, :], deterministic=deterministic)
     decoder_selected, decoder_weights = layers.VariableSelectionNetwork(
         hidden, self.hidden_continuous_size, self.dropout_rate,
-        name='decoder_variable_selection')(decoder_known, selection_context[:, None, :],
-                                           deterministic=deterministic)
+        chunk_rows=self.variable_chunk_rows, name='decoder_variable_selection')(
+            decoder_known, selection_context[:, None, :], deterministic=deterministic)
 
     # 3. LSTM encoder-decoder and the gated skip over it (one GateAddNorm for both halves).
     initial_state = tuple((hidden_context, cell_context) for _ in range(self.lstm_layers))
