@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from quantum_alpha_jax import cli
 from quantum_alpha_jax import errors
-from quantum_alpha_jax.evaluate import saved
+from quantum_alpha_jax.tasks import saved
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/evaluate.py', 'Evaluation config.', lock_config=True)

@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging as absl_logging
 
 from quantum_alpha_jax import distributed
-
 from quantum_alpha_jax.errors import QuantumAlphaError
+from quantum_alpha_jax.tasks import registry
 
 
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -123,9 +123,8 @@ def default_workdir(name: str) -> str:
 def train_experiment(model: str, title: str) -> None:
   """The whole entry point of a model's training experiment (``experiments/<model>.py``):
   ``--config`` (default ``configs/<model>.py``) and ``--workdir`` (default
-  ``checkpoints/<config.name>``; resumes a run of the same config), then
-  ``tasks.<model>.run(config, workdir)`` and its ``format_results``."""
-  import importlib  # pylint: disable=g-import-not-at-top
+  ``checkpoints/<config.name>``; resumes a run of the same config), then the registered model's
+  ``run(config, workdir)`` and its ``format_results`` (:mod:`quantum_alpha_jax.tasks.registry`)."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   config_flag = config_flags.DEFINE_config_file(
@@ -137,9 +136,9 @@ def train_experiment(model: str, title: str) -> None:
   def main(argv: list[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    task = importlib.import_module(f'quantum_alpha_jax.tasks.{model}')
+    entry = registry.get(model)
     config = config_flag.value
-    results = task.run(config, workdir_flag.value or default_workdir(config.name))
-    print(task.format_results(results))
+    results = entry.run(config, workdir_flag.value or default_workdir(config.name))
+    print(entry.format_results(results))
 
   run(main)

@@ -37,3 +37,18 @@ class RegressionTask:
     loss = jnp.sum(error * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, {'mae': jnp.sum(jnp.abs(prediction - batch['y']).astype(jnp.float32) * mask)
                          / jnp.maximum(jnp.sum(mask), 1.0)}
+
+
+class ScheduledRegressionTask(RegressionTask):
+  """:class:`RegressionTask` whose loss weight follows the optimizer step (a warm-up, as KL
+  annealing would): ``min(1, (step + 1) / warmup)`` times the squared error; the weight and the
+  step it was given are reported as metrics (the step is -1 in evaluation, where it is None)."""
+
+  warmup = 4
+
+  def loss_fn(self, params, batch, rng, step=None):
+    loss, metrics = super().loss_fn(params, batch, rng)
+    if step is None:
+      return loss, {**metrics, 'weight': jnp.ones(()), 'step': -jnp.ones(())}
+    weight = jnp.minimum(1.0, (step + 1.0) / self.warmup)
+    return weight * loss, {**metrics, 'weight': weight, 'step': jnp.asarray(step, jnp.float32)}

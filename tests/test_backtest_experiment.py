@@ -14,7 +14,8 @@ from quantum_alpha_jax.backtest import experiment
 from quantum_alpha_jax.data import trajectories
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
-from quantum_alpha_jax.evaluate import saved
+from quantum_alpha_jax.tasks import registry
+from quantum_alpha_jax.tasks import saved
 
 
 def _frames(n=400, seed=0):
@@ -186,7 +187,7 @@ def test_saved_run_evaluation_ranges():
   with pytest.raises(errors.ConfigError, match='not a feature store'):
     saved.evaluation_data_config(saved_config, config)
   with pytest.raises(errors.ConfigError, match='unknown model'):
-    saved._module('transformer')  # pylint: disable=protected-access
+    registry.get('transformer')
 
 
 def test_a_missing_checkpoint_names_the_command_that_trains_it(tmp_path):

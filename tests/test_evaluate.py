@@ -18,8 +18,8 @@ from configs import evaluate as evaluate_config
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.evaluate import forecast
 from quantum_alpha_jax.evaluate import regime
-from quantum_alpha_jax.evaluate import saved
 from quantum_alpha_jax.evaluate import trading
+from quantum_alpha_jax.tasks import saved
 
 QUANTILES = (0.1, 0.5, 0.9)
 

@@ -1,8 +1,9 @@
 """The ensemble backtest experiment: saved models → per-bar signals → ablation → report.
 
 1. Each model named in ``config.checkpoints`` (an empty path switches it off) is loaded from its
-   run directory (``tasks.<model>.load``) and produces its per-bar signals over ``config.split``
-   of ``config.data`` (``tasks.<model>.bar_signals``: each row reads bars up to its own only).
+   run directory (the ``load`` of its entry in :mod:`quantum_alpha_jax.tasks.registry`) and
+   produces its per-bar signals over ``config.split`` of ``config.data`` (the entry's
+   ``bar_signals``: each row reads bars up to its own only; columns ``signal_columns``).
 2. The bars are the price grid of the split: every bar of the store opening in
    ``[start, end)`` of ``config.split``, whatever the models (buy-and-hold runs on the same
    bars). Each model's signals are joined onto that grid (a left join): a model never removes a
@@ -46,17 +47,15 @@ from quantum_alpha_jax.backtest import walkforward
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
+from quantum_alpha_jax.tasks import registry
+from quantum_alpha_jax.train import checkpoint as checkpoint_lib
 
 HEURISTICS = ('trend', 'mean_reversion')
-_COMPONENT_COLUMNS = {'oracle': ('p_up', 'uncertainty', 'q50'),
-                      'guardian': ('regime', 'p_bull', 'p_bear', 'p_sideways', 'risk_level',
-                                   'risk_score'),
-                      'strategist': ('action', 'size', 'target_position')}
 
 
-def _record(workdir: pathlib.Path) -> dict[str, Any]:
-  from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  return checkpoint_lib.read_run_record(workdir)
+def _columns(name: str) -> tuple[str, ...]:
+  """The signal columns of model ``name`` (its registry entry's ``signal_columns``)."""
+  return registry.get(name).signal_columns
 
 
 def _check_workdir(name: str, workdir: pathlib.Path) -> None:
@@ -70,44 +69,15 @@ def _check_workdir(name: str, workdir: pathlib.Path) -> None:
 def model_signals(name: str, workdir: str | pathlib.Path, data_config: ml_collections.ConfigDict,
                   split: str, *, batch_size: int = 1024, progress: bool = True) -> pd.DataFrame:
   """The per-bar signals of the model saved in ``workdir`` over ``split`` of ``data_config``."""
-  from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
-
+  if name not in ensemble.COMPONENTS:
+    raise errors.ConfigError(errors.describe('config.checkpoints', f'unknown model {name!r}',
+                                             f'use {ensemble.COMPONENTS}'))
   workdir = pathlib.Path(workdir)
   _check_workdir(name, workdir)
-  if name == 'oracle':
-    task, params, config = oracle.load(workdir)
-    normalizer = windows.Normalizer.from_dict(_record(workdir)['normalizer'])
-    data, _ = data_lib.make_split_data(data_config, oracle.window_spec(config), batch_size, 0,
-                                       normalizer=normalizer)
-    return oracle.bar_signals(task, params, _split(data, split), batch_size=batch_size,
-                              progress=progress)
-  if name == 'guardian':
-    task, params, config = guardian.load(workdir)
-    data, _ = data_lib.make_split_data(data_config, guardian.window_spec(config), batch_size, 0,
-                                       normalizer=task.normalizer)
-    return guardian.bar_signals(task, params, _split(data, split), batch_size=batch_size,
-                                progress=progress)
-  if name == 'strategist':
-    task, params, config = strategist.load(workdir)
-    frames = data_lib.load_frames(data_config)
-    arrays = windows.WindowArrays.from_frames(frames, pathlib.Path(data_config.store_dir) /
-                                              'windows_cache')
-    splits = windows.splits_from_config(data_config.splits)
-    bars = windows.split_anchors(arrays, windows.WindowSpec(1, 0), splits)[split]
-    source = windows.WindowSource(arrays, task.normalizer.spec, bars, task.normalizer, split)
-    return strategist.bar_signals(task, params, source, progress=progress)
-  raise errors.ConfigError(errors.describe('config.checkpoints', f'unknown model {name!r}',
-                                           f'use {ensemble.COMPONENTS}'))
-
-
-def _split(data: Mapping[str, windows.SplitData], name: str) -> windows.SplitData:
-  if name not in data:
-    raise errors.ConfigError(errors.describe('config.split', f'no split {name!r}',
-                                             f'use one of {sorted(data)}'))
-  return data[name]
+  entry = registry.get(name)
+  task, params, config = entry.load(workdir)
+  return entry.bar_signals(task, params, config, checkpoint_lib.read_run_record(workdir),
+                           data_config, split, batch_size=batch_size, progress=progress)
 
 
 def split_range(data_config: ml_collections.ConfigDict, name: str) -> windows.Split:
@@ -150,10 +120,10 @@ def join_signals(signals: Mapping[str, pd.DataFrame], frames: Mapping[str, pd.Da
         'backtest', f'{where} holds {len(joined)} bars of {sorted(frames)}',
         'widen the split or check that the store covers it'))
   for name, frame in signals.items():
-    part = frame[['symbol', schema.TIMESTAMP, *_COMPONENT_COLUMNS[name]]].assign(
+    part = frame[['symbol', schema.TIMESTAMP, *_columns(name)]].assign(
         **{schema.TIMESTAMP: pd.to_datetime(frame[schema.TIMESTAMP], utc=True)})
     joined = joined.merge(part, on=['symbol', schema.TIMESTAMP], how='left', validate='1:1')
-    if joined[_COMPONENT_COLUMNS[name][0]].isna().all():
+    if joined[_columns(name)[0]].isna().all():
       raise errors.DataError(errors.describe(
           'backtest', f'the {name} has a signal for none of the {len(joined)} bars of {where}',
           'check that every checkpoint was trained on the same symbols and that the split has '
@@ -163,7 +133,7 @@ def join_signals(signals: Mapping[str, pd.DataFrame], frames: Mapping[str, pd.Da
 
 def signal_coverage(joined: pd.DataFrame, names: tuple[str, ...]) -> dict[str, float]:
   """The share of the grid's bars at which each model has a signal (the others are flat)."""
-  return {name: float(joined[_COMPONENT_COLUMNS[name][0]].notna().mean()) for name in names}
+  return {name: float(joined[_columns(name)[0]].notna().mean()) for name in names}
 
 
 def strategy_targets(joined: pd.DataFrame, config: ml_collections.ConfigDict,

@@ -14,8 +14,9 @@ members, each read off the entry:
   needs;
 - ``run(config, workdir, *, frames=None, on_evaluate=None)``: train, evaluate, ``results.json``
   (:mod:`quantum_alpha_jax.tasks.runner` is the skeleton), and ``load(workdir)`` of a saved run;
-- ``bar_signals(...)``: causal per-bar signals (a row reads bars up to its own only), columns
-  ``signal_columns``;
+- ``bar_signals(...)``: causal per-bar signals (a row reads bars up to its own only); shared code
+  (the ensemble backtest) joins their ``signal_columns``, the first of which every signalled bar
+  has;
 - ``evaluate(...)``: the saved run scored on any store and range;
 - ``export_fns``: ``'module:function'`` of the builder of its deployable inference function
   (:meth:`TaskEntry.export_builder`);
@@ -53,8 +54,9 @@ class Task(Protocol):
 
 # ``load(workdir) -> (task, params, saved config)``.
 Loader = Callable[[str | pathlib.Path], tuple[Any, Any, ml_collections.ConfigDict]]
-# ``signals(task, params, config, record, data_config, split, *, batch_size, progress)``: the per-bar
-# signals of a loaded run over ``split`` of ``data_config`` (``record``: the run's checkpoint record).
+# ``signals(task, params, config, record, data_config, split, *, batch_size, progress)``: the
+# per-bar signals of a loaded run over ``split`` of ``data_config`` (``record``: its checkpoint
+# record).
 SignalFn = Callable[..., pd.DataFrame]
 # ``evaluate(task, params, config, record, data_config, workdir, *, batch_size, max_windows)``: the
 # report of a loaded run on the single ``evaluation`` split of ``data_config``.
@@ -68,7 +70,8 @@ class TaskEntry:
   name: str
   title: str
   make_task: Callable[[ml_collections.ConfigDict], Any]
-  window_spec: Callable[[ml_collections.ConfigDict], WindowSpec]
+  # None for a model that reads no windows (the Strategist reads trajectories: see its make_data).
+  window_spec: Callable[[ml_collections.ConfigDict], WindowSpec] | None
   metrics: Callable[[ml_collections.ConfigDict], tuple[str, ...]]
   run: Callable[..., dict[str, Any]]
   load: Loader

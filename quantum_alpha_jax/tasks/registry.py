@@ -22,14 +22,19 @@ _PACKAGE = 'quantum_alpha_jax.tasks'
 _SHARED = frozenset({'protocol', 'registry', 'runner', 'prediction', 'saved', 'forecast'})
 
 
+def _module(entry: TaskEntry) -> str | None:
+  """The module that defines an entry's task (where its ``make_task`` lives)."""
+  return getattr(entry.make_task, '__module__', None)
+
+
 def register(name: str, **members: Any) -> TaskEntry:
   """Registers the model ``name`` (the :class:`TaskEntry` fields as keywords) and returns its
   entry; a second model under a taken name is an error (a module re-imported replaces its own)."""
   entry = TaskEntry(name=name, **members)
   existing = _ENTRIES.get(name)
-  if existing is not None and existing.run.__module__ != entry.run.__module__:
+  if existing is not None and _module(existing) != _module(entry):
     raise ConfigError(describe(f'tasks.registry.register({name!r})', 'the name is taken by '
-                               f'{existing.run.__module__}', 'give the new model another name'))
+                               f'{_module(existing)}', 'give the new model another name'))
   _ENTRIES[name] = entry
   return entry
 

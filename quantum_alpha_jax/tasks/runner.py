@@ -2,10 +2,10 @@
 split → ``results.json``, and a saved run rebuilt from its checkpoint.
 
 A model's ``run`` builds its task, its split data and its statistics of the training split, then
-hands them to :func:`train_and_report`; its ``load`` hands :func:`load_run` a function that
-rebuilds the task from the saved config and checkpoint record. Statistics a model takes from its
-training split before training (the Guardian's risk thresholds, the Strategist's return quantiles)
-are kept in the checkpoint record under one key, :data:`STATISTICS_KEY`, read back with
+hands them to :func:`train_and_report` (:func:`train`, then :func:`report`); its ``load`` hands
+:func:`load_run` a function that rebuilds the task from the saved config and checkpoint record.
+Statistics a model takes from its training split before training (the Guardian's risk
+thresholds, the Strategist's return quantiles) are kept in the checkpoint record under one key, :data:`STATISTICS_KEY`, read back with
 :func:`training_statistics`.
 """
 
@@ -18,11 +18,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.train import checkpoint as checkpoint_lib
 from quantum_alpha_jax.train import loop
-from quantum_alpha_jax.train import writers
 
 STATISTICS_KEY = 'training_statistics'
 # Where runs saved before the key was shared kept their statistics, by model.
@@ -44,39 +44,57 @@ def check_evaluation_splits(config: ml_collections.ConfigDict) -> None:
                                  f'use some of {sorted(config.data.splits)}'))
 
 
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, task: Any,
+          data: Mapping[str, windows.SplitData], normalizer: windows.Normalizer,
+          statistics: Any = None, on_evaluate: Any = None) -> loop.TrainResult:
+  """Trains ``task`` on ``data`` in ``workdir`` (resuming if it holds a run of the same config;
+  ``on_evaluate(step, metrics)`` follows every validation), writing ``normalizer.json``;
+  ``statistics`` go into the checkpoint record under :data:`STATISTICS_KEY`."""
+  workdir = pathlib.Path(workdir)
+  artifacts.write_json(workdir / 'normalizer.json', normalizer.to_dict())
+  extra_record = {'normalizer': normalizer.to_dict()}
+  if statistics is not None:
+    extra_record[STATISTICS_KEY] = statistics
+  return loop.train_and_evaluate(config.train, task, data, workdir, run_config=config.to_dict(),
+                                 extra_record=extra_record, on_evaluate=on_evaluate)
+
+
+def report(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, model: str,
+           result: loop.TrainResult, data: Mapping[str, windows.SplitData],
+           evaluate_split: SplitEvaluator, evaluate_population: PopulationEvaluator | None = None,
+           results: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Evaluates the best params of ``result`` on each of ``config.evaluation.splits`` with
+  ``evaluate_split`` (under ``workdir/<split>``) and writes ``results.json``: ``model``,
+  ``workdir``, ``train``, ``validation``, the model's own ``results`` entries, one report per
+  split and ``config``. A population run (``config.train.population`` > 1) adds a ``population``
+  block, with ``evaluate_population``'s summary per split."""
+  workdir = pathlib.Path(workdir)
+  out = {'model': model, 'workdir': str(workdir), 'train': result.summary,
+         'validation': result.best_metrics, **dict(results or {})}
+  if result.population is not None:
+    out['population'] = {**result.population, 'reports_are_of_member': 0}
+  for name in config.evaluation.splits:
+    out[name] = evaluate_split(result.params, name, split_of(data, name), workdir / name)
+    if result.population is not None and evaluate_population is not None:
+      out['population'][name] = evaluate_population(
+          result.population_params, out[name], name, data[name], workdir / name)
+  out['config'] = config.to_dict()
+  out['results_json'] = str(artifacts.write_results(workdir, out))
+  return out
+
+
 def train_and_report(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                      model: str, task: Any, data: Mapping[str, windows.SplitData],
                      normalizer: windows.Normalizer, evaluate_split: SplitEvaluator,
                      evaluate_population: PopulationEvaluator | None = None,
                      statistics: Any = None, results: Mapping[str, Any] | None = None,
                      on_evaluate: Any = None) -> dict[str, Any]:
-  """Trains ``task`` on ``data`` in ``workdir`` (resuming if it holds a run of the same config;
-  ``on_evaluate(step, metrics)`` follows every validation), then evaluates the best params on each
-  of ``config.evaluation.splits`` with ``evaluate_split`` (under ``workdir/<split>``) and writes
-  ``results.json``: ``model``, ``workdir``, ``train``, ``validation``, the model's own
-  ``results`` entries, one report per split and ``config``. ``statistics`` go into the
-  checkpoint record under :data:`STATISTICS_KEY`. A population run (``config.train.population``
-  > 1) adds a ``population`` block, with ``evaluate_population``'s summary per split."""
-  workdir = pathlib.Path(workdir)
-  check_evaluation_splits(config)
-  writers.write_json(workdir / 'normalizer.json', normalizer.to_dict())
-  extra_record = {'normalizer': normalizer.to_dict()}
-  if statistics is not None:
-    extra_record[STATISTICS_KEY] = statistics
-  result = loop.train_and_evaluate(config.train, task, data, workdir, run_config=config.to_dict(),
-                                   extra_record=extra_record, on_evaluate=on_evaluate)
-  report = {'model': model, 'workdir': str(workdir), 'train': result.summary,
-            'validation': result.best_metrics, **dict(results or {})}
-  if result.population is not None:
-    report['population'] = {**result.population, 'reports_are_of_member': 0}
-  for name in config.evaluation.splits:
-    report[name] = evaluate_split(result.params, name, data[name], workdir / name)
-    if result.population is not None and evaluate_population is not None:
-      report['population'][name] = evaluate_population(
-          result.population_params, report[name], name, data[name], workdir / name)
-  report['config'] = config.to_dict()
-  report['results_json'] = str(writers.write_results(workdir, report))
-  return report
+  """:func:`train`, then :func:`report`: the whole run of a model, ``results.json`` included."""
+  result = train(config, workdir, task=task, data=data, normalizer=normalizer,
+                 statistics=statistics, on_evaluate=on_evaluate)
+  return report(config, workdir, model=model, result=result, data=data,
+                evaluate_split=evaluate_split, evaluate_population=evaluate_population,
+                results=results)
 
 
 def training_statistics(record: Mapping[str, Any], model: str) -> Any:
@@ -102,12 +120,15 @@ def load_run(workdir: str | pathlib.Path,
   return task, params, config
 
 
-def require_record(record: Mapping[str, Any], keys: tuple[str, ...], workdir: Any,
-                   problem: str, fix: str) -> None:
-  """A :class:`~quantum_alpha_jax.train.checkpoint.CheckpointError` (``problem``, ``fix``) unless
-  the checkpoint ``record`` holds each of ``keys``."""
-  if not all(key in record for key in keys):
+def require_statistics(record: Mapping[str, Any], model: str, workdir: Any, problem: str,
+                       fix: str) -> Any:
+  """:func:`training_statistics` of the checkpoint ``record``; a
+  :class:`~quantum_alpha_jax.train.checkpoint.CheckpointError` (``workdir``: ``problem`` — ``fix``)
+  when it holds none or no normaliser (not a run of ``model``)."""
+  statistics = training_statistics(record, model)
+  if statistics is None or 'normalizer' not in record:
     raise checkpoint_lib.CheckpointError(describe(str(workdir), problem, fix))
+  return statistics
 
 
 def split_of(data: Mapping[str, windows.SplitData], name: str) -> windows.SplitData:

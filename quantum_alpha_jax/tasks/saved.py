@@ -1,9 +1,9 @@
 """Evaluate any saved run on any store and date range (``experiments.evaluate``).
 
-The run in ``config.checkpoint`` (a workdir of ``experiments.oracle``, ``.lstm``, ``.guardian`` or
-``.strategist``) is rebuilt from its saved config with the params of its best checkpoint
-(``tasks.<model>.load``) and evaluated by the model's own ``evaluate`` on one split, named
-``evaluation``:
+The run in ``config.checkpoint`` (a workdir of the training experiment of ``config.model``, any
+model of :mod:`quantum_alpha_jax.tasks.registry`) is rebuilt from its saved config with the params
+of its best checkpoint (the entry's ``load``) and scored by the entry's ``evaluate`` on one split,
+named ``evaluation``:
 
 - ``config.data``: a feature store directory (``experiments.data`` builds one from kline files);
   empty means the store the run was trained on.
@@ -19,7 +19,8 @@ The run in ``config.checkpoint`` (a workdir of ``experiments.oracle``, ``.lstm``
   anyway, and the results (``label``, the printed header) say "validation (used for model
   selection)"; every other range is labelled "held out".
 
-It writes the same ``results.json`` and plots as the training experiment's own evaluation.
+It writes the same ``results.json`` and plots as the training experiment's own evaluation. This
+is run-level code (it reads checkpoints), beside the tasks' own ``run`` and ``load``.
 """
 
 from __future__ import annotations
@@ -30,29 +31,17 @@ from typing import Any
 import ml_collections
 import pandas as pd
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax import errors
 from quantum_alpha_jax.data import windows
-from quantum_alpha_jax.train import writers
+from quantum_alpha_jax.tasks import registry
+from quantum_alpha_jax.train import checkpoint as checkpoint_lib
 
-MODELS = ('oracle', 'lstm', 'guardian', 'strategist')
 HELD_OUT_LABEL = 'held out'
 VALIDATION_LABEL = 'validation (used for model selection)'
 
 
-def _module(name: str):
-  from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.tasks import lstm  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
-  modules = {'oracle': oracle, 'lstm': lstm, 'guardian': guardian, 'strategist': strategist}
-  if name not in modules:
-    raise errors.ConfigError(errors.describe('config.model', f'unknown model {name!r}',
-                                             f'use one of {MODELS}'))
-  return modules[name]
-
-
 def _record(workdir: pathlib.Path) -> dict[str, Any]:
-  from quantum_alpha_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   if not (workdir / 'checkpoints').is_dir():
     raise errors.ConfigError(errors.describe(
         'config.checkpoint', f'{workdir} holds no checkpoints',
@@ -129,43 +118,22 @@ def evaluation_data_config(saved: ml_collections.ConfigDict, config: ml_collecti
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Evaluates the saved run (module docstring); returns the JSON-ready results."""
-  from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
-
+  entry = registry.get(config.model)
   checkpoint = pathlib.Path(config.checkpoint)
   record = _record(checkpoint)
-  module = _module(config.model)
-  task, params, saved = module.load(checkpoint)
+  task, params, saved = entry.load(checkpoint)
   data_config = evaluation_data_config(saved, config)
   label = evaluation_label(saved, config, data_config)
   workdir = pathlib.Path(workdir)
-  batch_size = int(config.batch_size)
-  if config.model in ('oracle', 'lstm'):
-    normalizer = windows.Normalizer.from_dict(record['normalizer'])
-    spec = oracle.window_spec(saved)
-    data, _ = data_lib.make_split_data(data_config, spec, batch_size, 0, normalizer=normalizer)
-    own, _ = data_lib.make_split_data(saved.data, spec, batch_size, 0, normalizer=normalizer)
-    report = module.evaluate(task, params, data['evaluation'], own['train'], workdir,
-                             max_windows=config.max_windows)
-  elif config.model == 'guardian':
-    data, _ = data_lib.make_split_data(data_config, guardian.window_spec(saved), batch_size, 0,
-                                       normalizer=task.normalizer)
-    report = guardian.evaluate(task, params, data['evaluation'], record['guardian_statistics'],
-                               workdir, max_windows=config.max_windows)
-  else:
-    data, _ = strategist.make_data(ml_collections.ConfigDict(
-        dict(saved.to_dict(), data=data_config.to_dict())), normalizer=task.normalizer)
-    report = strategist.evaluate(task, params, data['evaluation'],
-                                 record['trajectories']['initial_return_quantiles'], workdir)
+  report = entry.evaluate(task, params, saved, record, data_config, workdir,
+                          batch_size=int(config.batch_size), max_windows=config.max_windows)
   results = {'model': config.model, 'checkpoint': str(checkpoint), 'workdir': str(workdir),
              'store': data_config.store_dir, 'range': list(data_config.splits.evaluation),
              'label': label,
              'best_step': record.get('best_step'), 'evaluation': report,
              'config': config.to_dict(), 'run_config': saved.to_dict()}
-  results['results_json'] = str(writers.write_results(workdir, results))
-  return writers.json_ready(results)
+  results['results_json'] = str(artifacts.write_results(workdir, results))
+  return artifacts.json_ready(results)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ P(up) and an uncertainty for the ensemble.
 package registers the model ``'oracle'`` (:mod:`quantum_alpha_jax.tasks.registry`).
 """
 
-from quantum_alpha_jax.tasks import registry
 from quantum_alpha_jax.tasks.oracle.baselines import NAIVE_BASELINES
 from quantum_alpha_jax.tasks.oracle.baselines import naive_forecasts
 from quantum_alpha_jax.tasks.oracle.baselines import training_baselines
@@ -22,6 +21,7 @@ from quantum_alpha_jax.tasks.oracle.experiment import evaluate_saved
 from quantum_alpha_jax.tasks.oracle.experiment import format_results
 from quantum_alpha_jax.tasks.oracle.experiment import load
 from quantum_alpha_jax.tasks.oracle.experiment import load_run
+from quantum_alpha_jax.tasks.oracle.experiment import register_forecaster
 from quantum_alpha_jax.tasks.oracle.experiment import run
 from quantum_alpha_jax.tasks.oracle.experiment import saved_signals
 from quantum_alpha_jax.tasks.oracle.experiment import SIGNAL_COLUMNS
@@ -35,12 +35,8 @@ from quantum_alpha_jax.tasks.oracle.task import OracleTask
 from quantum_alpha_jax.tasks.oracle.task import pinball
 from quantum_alpha_jax.tasks.oracle.task import predict_batch
 from quantum_alpha_jax.tasks.oracle.task import probability_up
+from quantum_alpha_jax.tasks.oracle.task import window_model_sizes
 from quantum_alpha_jax.tasks.oracle.task import window_spec
 
 make_task = OracleTask.from_config
-
-ENTRY = registry.register(
-    'oracle', title='Oracle', make_task=make_task, window_spec=window_spec, metrics=loss_metrics,
-    run=run, load=load, bar_signals=saved_signals, signal_columns=SIGNAL_COLUMNS,
-    evaluate=evaluate_saved, format_results=format_results,
-    export_fns='quantum_alpha_jax.export.inference:quantile_forecaster', export_args=('oracle',))
+ENTRY = register_forecaster(OracleTask, 'Oracle')

@@ -22,11 +22,13 @@ from quantum_alpha_jax.data.windows import SplitData
 from quantum_alpha_jax.data.windows import WindowSource
 from quantum_alpha_jax.evaluate import intervals
 from quantum_alpha_jax.tasks import prediction
+from quantum_alpha_jax.tasks import registry
 from quantum_alpha_jax.tasks import runner
 from quantum_alpha_jax.tasks.oracle.evaluation import evaluate
 from quantum_alpha_jax.tasks.oracle.evaluation import evaluate_population
 from quantum_alpha_jax.tasks.oracle.task import check_architecture
 from quantum_alpha_jax.tasks.oracle.task import example_batch
+from quantum_alpha_jax.tasks.oracle.task import loss_metrics
 from quantum_alpha_jax.tasks.oracle.task import MODEL_INPUTS
 from quantum_alpha_jax.tasks.oracle.task import OracleTask
 from quantum_alpha_jax.tasks.oracle.task import window_spec
@@ -169,7 +171,8 @@ def load_run(workdir: str | pathlib.Path, task_type: type[OracleTask] = OracleTa
 
 
 def load(workdir: str | pathlib.Path) -> tuple[OracleTask, Any, ml_collections.ConfigDict]:
-  """The Oracle of a finished (or running) ``experiments.oracle`` run: ``(task, params, config)``."""
+  """The Oracle of a finished (or running) ``experiments.oracle`` run:
+  ``(task, params, config)``."""
   return load_run(workdir, OracleTask)
 
 
@@ -202,3 +205,30 @@ def saved_signals(task: OracleTask, params: Any, config: ml_collections.ConfigDi
   data = _saved_data(config, record, data_config, batch_size)
   return bar_signals(task, params, runner.split_of(data, split), batch_size=batch_size,
                      progress=progress)
+
+
+def register_forecaster(task_type: type[OracleTask], title: str) -> Any:
+  """Registers ``task_type`` (an :class:`OracleTask` subclass: another model on the Oracle's
+  windows, with its own ``name`` and ``architecture``) as a model of its own: the Oracle's run,
+  evaluation, signals and table, with ``title`` naming it for people. Returns the entry."""
+
+  def run_forecaster(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                     **kwargs: Any) -> dict[str, Any]:
+    """Trains and evaluates the model (:func:`run`; ``kwargs``: ``frames``, ``on_evaluate``)."""
+    return run(config, workdir, task_type=task_type, **kwargs)
+
+  def format_forecaster(results: Mapping[str, Any]) -> str:
+    """The model beside the baselines on each evaluated split."""
+    return format_results(results, title=title)
+
+  def load_forecaster(workdir: str | pathlib.Path) -> tuple[OracleTask, Any,
+                                                             ml_collections.ConfigDict]:
+    """The model of a finished (or running) run: ``(task, params, config)``."""
+    return load_run(workdir, task_type)
+
+  return registry.register(
+      task_type.name, title=title, make_task=task_type.from_config, window_spec=window_spec,
+      metrics=loss_metrics, run=run_forecaster, load=load_forecaster, bar_signals=saved_signals,
+      signal_columns=SIGNAL_COLUMNS, evaluate=evaluate_saved, format_results=format_forecaster,
+      export_fns='quantum_alpha_jax.export.inference:quantile_forecaster',
+      export_args=(task_type.name,))

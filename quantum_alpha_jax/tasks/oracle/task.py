@@ -1,4 +1,5 @@
-"""The Oracle's task: the TFT forecasts the cumulative log-return of the next ``decoder_length`` bars.
+"""The Oracle's task: the TFT forecasts the cumulative log-return of the coming
+``decoder_length`` bars.
 
 Target. For a window whose last encoder bar is ``t`` (the anchor), horizon ``h`` (1-based) is
 ``y_h = log(close[t + h] / close[t])``, the cumulative sum of the future bar log-returns, scaled by
@@ -56,6 +57,14 @@ def check_quantiles(config: ml_collections.ConfigDict) -> tuple[float, ...]:
   return quantiles
 
 
+def window_model_sizes(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The sizes every model on the Oracle's windows takes (symbols, observed and known features,
+  encoder and decoder lengths, the checked quantile levels), as keyword arguments."""
+  return {'num_symbols': len(KNOWN_SYMBOLS), 'num_observed': len(FEATURES),
+          'num_known': len(KNOWN_FUTURE_FEATURES), 'encoder_length': config.model.encoder_length,
+          'decoder_length': config.model.decoder_length, 'quantiles': check_quantiles(config)}
+
+
 def cumulative_targets(future_returns: jax.Array) -> jax.Array:
   """``[batch, horizon]`` bar log-returns → ``log(close[t + h] / close[t])`` for h = 1..horizon."""
   return jnp.cumsum(future_returns, axis=-1)
@@ -100,19 +109,15 @@ class OracleTask:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> OracleTask:
-    quantiles = check_quantiles(config)
+    sizes = window_model_sizes(config)
     if config.model.hidden_size % config.model.num_heads:
       raise ConfigError(describe(
           'config.model', f'hidden_size {config.model.hidden_size} is not a multiple of num_heads '
           f'{config.model.num_heads}'))
     model = TemporalFusionTransformer(
-        num_symbols=len(KNOWN_SYMBOLS), num_observed=len(FEATURES),
-        num_known=len(KNOWN_FUTURE_FEATURES), encoder_length=config.model.encoder_length,
-        decoder_length=config.model.decoder_length, hidden_size=config.model.hidden_size,
-        num_heads=config.model.num_heads,
+        **sizes, hidden_size=config.model.hidden_size, num_heads=config.model.num_heads,
         hidden_continuous_size=config.model.hidden_continuous_size,
-        lstm_layers=config.model.lstm_layers, dropout_rate=config.model.dropout_rate,
-        quantiles=quantiles)
+        lstm_layers=config.model.lstm_layers, dropout_rate=config.model.dropout_rate)
     return cls(model=model, target_scale=float(config.target_scale))
 
   @property
