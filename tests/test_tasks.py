@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import guardian as guardian_config
+from configs import linear as linear_config
 from configs import lstm as lstm_config
 from configs import oracle as oracle_config
 from configs import strategist as strategist_config
@@ -30,7 +31,7 @@ from tests.linear_task import ScheduledRegressionTask
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'quantum_alpha_jax'
 CONFIGS = {'oracle': oracle_config, 'lstm': lstm_config, 'guardian': guardian_config,
-           'strategist': strategist_config}
+           'strategist': strategist_config, 'linear': linear_config}
 
 
 def test_every_model_is_found_by_name_with_every_member():
@@ -74,7 +75,7 @@ def _market_source(spec, tmp_path):
   return data['train'].source
 
 
-@pytest.mark.parametrize('name', ['oracle', 'lstm', 'guardian'])
+@pytest.mark.parametrize('name', ['oracle', 'lstm', 'guardian', 'linear'])
 def test_the_metrics_a_model_names_are_the_ones_its_loss_reports(name, tmp_path):
   config = CONFIGS[name].get_config('quick')
   entry = registry.get(name)
