@@ -1,5 +1,5 @@
-"""Tests for serve/stream.py: bar-by-bar features equal to the batch path, bit for bit, and bad bars
-refused without touching the state."""
+"""Tests for serve/stream.py and serve/rolling.py: bar-by-bar features equal to the batch path,
+bit for bit, and bad bars refused without touching the state."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from quantum_alpha_jax.data import features
 from quantum_alpha_jax.data import klines
 from quantum_alpha_jax.data import schema
+from quantum_alpha_jax.serve import rolling
 from quantum_alpha_jax.serve import stream
 from tests.conftest import SHARED_DATA
 from tests.conftest import make_klines
@@ -178,19 +179,19 @@ def _hard_series(rows: int = 6000, seed: int = 5) -> np.ndarray:
 @pytest.mark.parametrize('window', [3, 20, 48, 240])
 def test_rolling_mean_and_variance_replay_pandas_bit_for_bit(window):
   values = _hard_series()
-  mean, variance = stream._RollingMean(window), stream._RollingVariance(window)
+  mean, variance = rolling.RollingMean(window), rolling.RollingVariance(window)
   got_mean = np.array([mean.push(value) for value in values.tolist()])
   got_variance = np.array([variance.push(value) for value in values.tolist()])
-  rolling = pd.Series(values).rolling(window)
-  np.testing.assert_array_equal(got_mean, rolling.mean().to_numpy())
-  np.testing.assert_array_equal(got_variance, rolling.var(ddof=0).to_numpy())
+  batch = pd.Series(values).rolling(window)
+  np.testing.assert_array_equal(got_mean, batch.mean().to_numpy())
+  np.testing.assert_array_equal(got_variance, batch.var(ddof=0).to_numpy())
 
 
 @pytest.mark.parametrize('alpha', [2.0 / 13, 2.0 / 27, 2.0 / 10, 1.0 / 14])
 def test_recursive_average_replays_pandas_ewm_bit_for_bit(alpha):
   values = _hard_series()[1:]
   values[:30] = values[0]  # the average equals the value: pandas leaves it alone
-  average = stream._Ewm(alpha)
+  average = rolling.Ewm(alpha)
   np.testing.assert_array_equal(
       [average.push(value) for value in values.tolist()],
       pd.Series(values).ewm(alpha=alpha, adjust=False).mean().to_numpy())
@@ -214,7 +215,8 @@ def test_session_sums_replay_pandas_grouped_cumsum_bit_for_bit():
 def test_log_return_uses_numpy_log_bit_for_bit():
   # numpy's vectorised log and libm's differ in the last bit on a few percent of values.
   ratios = np.exp(np.random.default_rng(0).normal(0.0, 3e-3, 100_000))
-  np.testing.assert_array_equal([stream._log(ratio) for ratio in ratios.tolist()], np.log(ratios))
+  np.testing.assert_array_equal([rolling.numpy_log(ratio) for ratio in ratios.tolist()],
+                                np.log(ratios))
 
 
 def test_pushing_the_regularised_frame_gives_the_same_rows():

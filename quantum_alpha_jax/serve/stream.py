@@ -12,10 +12,9 @@ Equal to the batch path, bit for bit. Pushing every bar of a kline frame gives e
 ``compute_features(regularize(frame)[0])``: the same float32 features, ``valid`` and ``observed``.
 The batch path computes its rolling means and stds with pandas' online algorithms
 (Kahan-compensated sums, Welford's variance with a recompute when cancellation is detected) and its
-recursive averages with pandas' ``ewm``; the classes below replay those very algorithms one value
-at a time, in the same float64 operation order, so the two paths cannot drift apart by a rounding.
-They are pandas 3's algorithms (2.x rolling variance differed); the float64 replay tests in
-tests/test_serve_stream.py fail if a pandas upgrade changes one.
+recursive averages with pandas' ``ewm``; ``serve/rolling.py`` replays those very algorithms one
+value at a time, in the same float64 operation order, so the two paths cannot drift apart by a
+rounding.
 
 The running sums carry their rounding residue from the first bar on, and OBV its running offset,
 so bit-identity holds when the stream starts at the batch frame's first bar (``push_frame(history,
@@ -49,22 +48,20 @@ from quantum_alpha_jax import errors
 from quantum_alpha_jax.data import features as features_lib
 from quantum_alpha_jax.data import klines as klines_lib
 from quantum_alpha_jax.data import schema
+from quantum_alpha_jax.serve import rolling
 
 FEATURES = features_lib.FEATURES
 WARMUP_BARS = features_lib.WARMUP_BARS
-PRICE_COLUMNS = ('open', 'high', 'low', 'close')
 # Time keys a kline may carry, first match wins: int nanoseconds; a tz-aware timestamp (a kline
 # frame's ``timestamp``); epoch seconds, milliseconds or microseconds (a Binance dump's open_time).
 TIME_KEYS = ('open_time_ns', schema.TIMESTAMP, 'open_time')
 
 _NAN = math.nan
-_NANOSECONDS_PER_HOUR = 3_600 * 1_000_000_000
-_NANOSECONDS_PER_DAY = 24 * _NANOSECONDS_PER_HOUR
-_EPOCH_DAY_OF_WEEK = 3  # 1970-01-01 was a Thursday.
-_TRADING_HOURS = (13, 21)
-# pandas' roll_var flags a possible catastrophic cancellation when the sum of squared deviations
-# drops below this fraction of its previous value, and then recomputes the window from scratch.
-_INVERSE_CONDITION_TOLERANCE = float(np.finfo(np.float64).eps) * 1e3
+# The time features' constants, as data/features.py defines them.
+_NANOSECONDS_PER_HOUR = features_lib._NANOSECONDS_PER_HOUR
+_NANOSECONDS_PER_DAY = features_lib._NANOSECONDS_PER_DAY
+_EPOCH_DAY_OF_WEEK = features_lib._EPOCH_DAY_OF_WEEK
+_TRADING_HOURS = features_lib._TRADING_HOURS
 # Where the derived features sit in a row: compute_features checks those for finiteness (the OHLCV
 # columns it checks in float64, and they are refused unless finite).
 _DERIVED_POSITIONS = tuple(FEATURES.index(name) for name in features_lib.DERIVED_FEATURES)
@@ -115,219 +112,6 @@ class StreamBar:
     return pd.Timestamp(self.open_time_ns, tz='UTC')
 
 
-class _RollingMean:
-  """pandas' ``Series.rolling(window).mean()``, one value at a time (its roll_mean, operation for
-  operation: Kahan sums kept apart for adds and removes, the count of negative values, the run of
-  equal values that returns the value itself when the whole window repeats it)."""
-
-  __slots__ = ('window', 'values', 'nobs', 'sum', 'negatives', 'add_compensation',
-               'remove_compensation', 'same_run', 'previous', 'started')
-
-  def __init__(self, window: int):
-    self.window = window
-    self.values = collections.deque(maxlen=window)
-    self.nobs = 0
-    self.sum = 0.0
-    self.negatives = 0
-    self.add_compensation = 0.0
-    self.remove_compensation = 0.0
-    self.same_run = 0
-    self.previous = _NAN
-    self.started = False
-
-  def push(self, value: float) -> float:
-    if value - value != 0.0:  # NaN or inf: pandas turns inf into NaN, and skips NaN.
-      value = _NAN
-    values = self.values
-    if not self.started:
-      self.started = True
-      self.previous = value
-    elif len(values) == self.window:
-      old = values[0]
-      if old == old:
-        self.nobs -= 1
-        y = -old - self.remove_compensation
-        t = self.sum + y
-        self.remove_compensation = t - self.sum - y
-        self.sum = t
-        if old < 0.0 or (old == 0.0 and math.copysign(1.0, old) < 0.0):  # signbit
-          self.negatives -= 1
-    values.append(value)
-    if value == value:
-      self.nobs += 1
-      y = value - self.add_compensation
-      t = self.sum + y
-      self.add_compensation = t - self.sum - y
-      self.sum = t
-      if value < 0.0 or (value == 0.0 and math.copysign(1.0, value) < 0.0):
-        self.negatives += 1
-      if value == self.previous:
-        self.same_run += 1
-      else:
-        self.same_run = 1
-      self.previous = value
-    nobs = self.nobs
-    if nobs < self.window or nobs <= 0:
-      return _NAN
-    if self.same_run >= nobs:
-      return self.previous
-    result = self.sum / nobs
-    if self.negatives == 0 and result < 0.0:
-      return 0.0
-    if self.negatives == nobs and result > 0.0:
-      return 0.0
-    return result
-
-
-class _RollingVariance:
-  """pandas' ``Series.rolling(window).var(ddof=0)``, one value at a time (its roll_var: Welford's
-  update with Kahan-compensated means, the window recomputed from scratch when a remove or an add
-  may have cancelled catastrophically)."""
-
-  __slots__ = ('window', 'values', 'nobs', 'mean', 'ssqdm', 'add_compensation',
-               'remove_compensation', 'started')
-
-  def __init__(self, window: int):
-    self.window = window
-    self.values = collections.deque(maxlen=window)
-    self.nobs = 0.0
-    self.mean = 0.0
-    self.ssqdm = 0.0
-    self.add_compensation = 0.0
-    self.remove_compensation = 0.0
-    self.started = False
-
-  def _add(self, value: float) -> bool:
-    """Adds a non-NaN value; True when the update may have cancelled catastrophically."""
-    previous_ssqdm = self.ssqdm
-    self.nobs += 1.0
-    compensation = self.add_compensation
-    mean = self.mean
-    previous_mean = mean - compensation
-    y = value - compensation
-    t = y - mean
-    self.add_compensation = t + mean - y
-    mean = mean + t / self.nobs if self.nobs else 0.0
-    self.mean = mean
-    self.ssqdm = previous_ssqdm + (value - previous_mean) * (value - mean)
-    return previous_ssqdm * _INVERSE_CONDITION_TOLERANCE > self.ssqdm
-
-  def _remove(self, value: float) -> bool:
-    """Removes a non-NaN value; True when the update may have cancelled catastrophically."""
-    previous_ssqdm = self.ssqdm
-    self.nobs -= 1.0
-    if not self.nobs:
-      self.mean = 0.0
-      self.ssqdm = 0.0
-      return False
-    compensation = self.remove_compensation
-    mean = self.mean
-    previous_mean = mean - compensation
-    y = value - compensation
-    t = y - mean
-    self.remove_compensation = t + mean - y
-    mean = mean - t / self.nobs
-    self.mean = mean
-    self.ssqdm = previous_ssqdm - (value - previous_mean) * (value - mean)
-    return previous_ssqdm * _INVERSE_CONDITION_TOLERANCE > self.ssqdm
-
-  def push(self, value: float) -> float:
-    """Adds the newest value; returns the window's population variance (NaN until it is full)."""
-    if value - value != 0.0:
-      value = _NAN
-    values = self.values
-    unstable = False
-    if len(values) == self.window:
-      old = values[0]
-      if old == old:
-        unstable = self._remove(old)
-    values.append(value)
-    if value == value:
-      unstable = self._add(value) or unstable
-    if unstable or not self.started:
-      self.started = True
-      self.nobs = self.mean = self.ssqdm = self.add_compensation = self.remove_compensation = 0.0
-      for old in values:
-        if old == old:
-          self._add(old)
-    nobs = self.nobs
-    if nobs >= self.window and nobs > 0.0:
-      return self.ssqdm / nobs
-    return _NAN
-
-
-class _EqualRun:
-  """How many of the latest values are equal (NaN breaks the run): a window of ``n`` values is
-  constant, its rolling max equal to its min, exactly when the run is at least ``n`` long."""
-
-  __slots__ = ('length', 'previous')
-
-  def __init__(self):
-    self.length = 0
-    self.previous = _NAN
-
-  def push(self, value: float) -> int:
-    if value - value != 0.0:
-      self.length = 0
-    elif value == self.previous:
-      self.length += 1
-    else:
-      self.length = 1
-    self.previous = value
-    return self.length
-
-
-def _standard_deviation(variance: float, run: int, window: int) -> float:
-  """``features._rolling_std`` from the rolling variance: sqrt (negatives to 0, as pandas' zsqrt),
-  exactly 0 over a window of equal values."""
-  if run >= window:
-    return 0.0
-  if variance < 0.0:
-    return 0.0
-  return math.sqrt(variance)  # sqrt is correctly rounded: numpy's np.sqrt gives the same bits.
-
-
-class _Ewm:
-  """pandas' ``Series.ewm(alpha=alpha, adjust=False).mean()`` over finite values, one at a time
-  (its ewm: alpha through the centre of mass, and no update when the value equals the average)."""
-
-  __slots__ = ('old_weight', 'new_weight', 'denominator', 'value')
-
-  def __init__(self, alpha: float):
-    center_of_mass = float((1 - alpha) / alpha)
-    alpha = 1.0 / (1.0 + center_of_mass)
-    if center_of_mass == 1:
-      raise ValueError('alpha 0.5 takes pandas\' irregular-interval branch, not replayed here')
-    self.old_weight = 1.0 - alpha
-    self.new_weight = alpha
-    self.denominator = self.old_weight + self.new_weight
-    self.value = None
-
-  def push(self, value: float) -> float:
-    current = self.value
-    if current is None:
-      self.value = value
-    elif current != value:
-      self.value = (self.old_weight * current + self.new_weight * value) / self.denominator
-    return self.value
-
-
-def _log(value: float) -> float:
-  """numpy's log (the batch path's; its SIMD loops need not round like libm's); -inf at 0 without
-  numpy's warning."""
-  return float(np.log(value)) if value > 0.0 else -math.inf
-
-
-def _divide(numerator: float, denominator: float) -> float:
-  """``numerator / denominator`` with numpy's result for a zero denominator (a moving average of
-  subnormal prices can round to 0) instead of Python's ZeroDivisionError."""
-  if denominator:
-    return numerator / denominator
-  if numerator != numerator or numerator == 0.0:
-    return _NAN
-  return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
-
-
 class SymbolStream:
   """The rolling feature state of one symbol: ``push`` one closed kline, get its feature row(s).
 
@@ -357,29 +141,29 @@ class SymbolStream:
     self._closes = collections.deque(maxlen=61)  # returns_60 reads c[t-60]
     self._highs = collections.deque(maxlen=14)
     self._lows = collections.deque(maxlen=14)
-    self._sma = {period: _RollingMean(period) for period in (10, 20, 50)}
-    self._ema_12 = _Ewm(2.0 / (12 + 1))
-    self._ema_26 = _Ewm(2.0 / (26 + 1))
-    self._macd_signal = _Ewm(2.0 / (9 + 1))
-    self._average_gain = _Ewm(1.0 / 14)
-    self._average_loss = _Ewm(1.0 / 14)
-    self._atr = _Ewm(1.0 / 14)
-    self._stochastic_d = _RollingMean(3)
-    self._close_variance = _RollingVariance(20)
-    self._close_run = _EqualRun()
+    self._sma = {period: rolling.RollingMean(period) for period in (10, 20, 50)}
+    self._ema_12 = rolling.Ewm(2.0 / (12 + 1))
+    self._ema_26 = rolling.Ewm(2.0 / (26 + 1))
+    self._macd_signal = rolling.Ewm(2.0 / (9 + 1))
+    self._average_gain = rolling.Ewm(1.0 / 14)
+    self._average_loss = rolling.Ewm(1.0 / 14)
+    self._atr = rolling.Ewm(1.0 / 14)
+    self._stochastic_d = rolling.RollingMean(3)
+    self._close_variance = rolling.RollingVariance(20)
+    self._close_run = rolling.EqualRun()
     self._obv = 0.0
-    self._volume_ma = _RollingMean(20)
-    self._volume_mean_48 = _RollingMean(48)
-    self._volume_variance_48 = _RollingVariance(48)
-    self._volume_run = _EqualRun()
+    self._volume_ma = rolling.RollingMean(20)
+    self._volume_mean_48 = rolling.RollingMean(48)
+    self._volume_variance_48 = rolling.RollingVariance(48)
+    self._volume_run = rolling.EqualRun()
     self._day = None
     self._day_price_volume = self._day_price_volume_compensation = 0.0
     self._day_volume = self._day_volume_compensation = 0.0
-    self._return_variance = {period: _RollingVariance(period) for period in (12, 48, 240)}
-    self._return_run = _EqualRun()
-    self._trades_mean = _RollingMean(48)
-    self._trades_variance = _RollingVariance(48)
-    self._trades_run = _EqualRun()
+    self._return_variance = {period: rolling.RollingVariance(period) for period in (12, 48, 240)}
+    self._return_run = rolling.EqualRun()
+    self._trades_mean = rolling.RollingMean(48)
+    self._trades_variance = rolling.RollingVariance(48)
+    self._trades_run = rolling.EqualRun()
 
   @property
   def warmup_remaining(self) -> int:
@@ -613,7 +397,7 @@ class SymbolStream:
 
     # Volatility bands.
     close_run = self._close_run.push(close)
-    band = 2.0 * _standard_deviation(self._close_variance.push(close), close_run, 20)
+    band = 2.0 * rolling.standard_deviation(self._close_variance.push(close), close_run, 20)
     reference = close if first else previous_close
     true_range = max(high - low, abs(high - reference), abs(low - reference))
     atr = self._atr.push(true_range)
@@ -647,9 +431,9 @@ class SymbolStream:
     returns_60 = close / closes[-61] - 1.0 if count > 60 else _NAN
     return_run = self._return_run.push(returns_1)
     variance = self._return_variance
-    volatility_12 = _standard_deviation(variance[12].push(returns_1), return_run, 12)
-    volatility_48 = _standard_deviation(variance[48].push(returns_1), return_run, 48)
-    volatility_240 = _standard_deviation(variance[240].push(returns_1), return_run, 240)
+    volatility_12 = rolling.standard_deviation(variance[12].push(returns_1), return_run, 12)
+    volatility_48 = rolling.standard_deviation(variance[48].push(returns_1), return_run, 48)
+    volatility_240 = rolling.standard_deviation(variance[240].push(returns_1), return_run, 240)
 
     # Time.
     hour = (time_ns // _NANOSECONDS_PER_HOUR) % 24
@@ -657,19 +441,19 @@ class SymbolStream:
     trading = 1.0 if day_of_week < 5 and _TRADING_HOURS[0] <= hour < _TRADING_HOURS[1] else 0.0
 
     # Candle shape.
-    log_return = _NAN if first else _log(close / previous_close)
+    log_return = _NAN if first else rolling.numpy_log(close / previous_close)
     volume_run = self._volume_run.push(volume)
     volume_mean = self._volume_mean_48.push(volume)
-    volume_std = _standard_deviation(self._volume_variance_48.push(volume), volume_run, 48)
+    volume_std = rolling.standard_deviation(self._volume_variance_48.push(volume), volume_run, 48)
     volume_zscore = 0.0 if volume_std == 0 else (volume - volume_mean) / volume_std
 
     row = (
         sma_10, middle, sma_50, ema_12, ema_26, macd, macd_signal, macd - macd_signal,
         rsi, stochastic_k, stochastic_d,
-        middle + band, middle, middle - band, _divide(2.0 * band, middle), atr, highest_high,
+        middle + band, middle, middle - band, rolling.divide(2.0 * band, middle), atr, highest_high,
         lowest_low,
         obv, volume_ma, 1.0 if volume_ma == 0 else volume / volume_ma, vwap,
-        close, open_, high, low, volume, _divide(close, middle),
+        close, open_, high, low, volume, rolling.divide(close, middle),
         returns_1, returns_3, returns_12, returns_60, volatility_12, volatility_48, volatility_240,
         float(hour), float(day_of_week), trading,
         log_return, (high - low) / close, (close - open_) / open_,
@@ -701,7 +485,7 @@ class SymbolStream:
     trades = float(np.log1p(count if count > 0.0 else 0.0))
     run = self._trades_run.push(trades)
     mean = self._trades_mean.push(trades)
-    std = _standard_deviation(self._trades_variance.push(trades), run, 48)
+    std = rolling.standard_deviation(self._trades_variance.push(trades), run, 48)
     zscore = 0.0 if std == 0 else (trades - mean) / std
     return np.frombuffer(array.array('f', (ratio, zscore)), dtype=np.float32)
 
