@@ -230,3 +230,39 @@ def test_bad_trajectory_settings_are_config_errors():
   with pytest.raises(ConfigError, match='unknown keys'):
     tr.TrajectorySpec.from_config({'strides': 4}, 10)
   assert math.isclose(tr.TrajectorySpec(episode_length=4).cost, 0.0011)
+
+
+def test_best_selection_keeps_the_behaviour_with_the_highest_return_after_fees(market, tmp_path):
+  """selection='best' keeps, per start, the behaviour whose episode return is the highest of those
+  acted one at a time from the same start (rule_noise 0: every rule is deterministic); with
+  condition_on='behaviour' every episode then carries one token, the kept episodes' mean R_0."""
+  common = dict(episode_length=24, stride=5, allow_short=False, rule_noise=0.0, sizes=(1.0,),
+                policies=('trend', 'mean_reversion', 'flat'), policy_weights=(1.0, 1.0, 1.0))
+  best = tr.TrajectorySpec(selection='best', **common)
+  arrays = windows.WindowArrays.from_frames(market, tmp_path / 'cache')
+  rows = np.flatnonzero(np.asarray(arrays.valid))
+  starts = tr.episode_starts(arrays, rows, 24, 5)
+  kept = tr.generate_episodes(arrays, starts, best, seed=3)
+  alone = {name: tr.generate_episodes(arrays, starts, best, seed=3, policies=(name,))
+           for name in ('trend', 'mean_reversion', 'flat')}
+  totals = np.stack([alone[name]['rewards'].sum(axis=1) for name in best.behaviours])  # [3, E]
+  np.testing.assert_allclose(kept['rewards'].sum(axis=1), totals.max(axis=0), rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(kept['behaviour'], totals.argmax(axis=0))
+  for index, name in enumerate(best.behaviours):
+    chosen = kept['behaviour'] == index
+    np.testing.assert_array_equal(kept['positions'][chosen], alone[name]['positions'][chosen])
+  # Every behaviour wins somewhere on this market, so the test sees a real choice.
+  assert set(np.unique(kept['behaviour'])) == {0, 1, 2}
+  # The flat behaviour holds nothing after the first open.
+  assert not alone['flat']['positions'].any()
+  splits = [windows.Split('train', '2024-01-01', '2024-01-06'),
+            windows.Split('validation', '2024-01-06', '2024-01-09')]
+  conditioned = tr.TrajectorySpec(selection='best', condition_on='behaviour', **common)
+  data, _ = tr.make_datasets(market, conditioned, splits, 16, tmp_path / 'cache2', num_devices=1,
+                             shard_index=0, shard_count=1)
+  train = data['train'].source
+  tokens = train.return_tokens(np.arange(len(train)))
+  first = train.episodes['returns_to_go'][:, 0].astype(np.float64)
+  np.testing.assert_allclose(tokens, first.mean(), rtol=1e-5)  # unscaled, as every token
+  with pytest.raises(ConfigError, match='selection'):
+    tr.TrajectorySpec(selection='greedy', **common)

@@ -75,9 +75,11 @@ def episode_rewards(initial: np.ndarray, positions: np.ndarray, open_price: np.n
 
 def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: TrajectorySpec,
                       seed: int = 0, policies: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-  """Acts one behaviour policy per episode starting at each row of ``starts`` and scores it.
+  """Acts one behaviour policy per episode starting at each row of ``starts`` and scores it: one
+  drawn with the weights, or with ``spec.selection='best'`` the best after fees of every behaviour
+  of positive weight acted from the same start (trajectories' module docstring).
 
-  Returns ``start_row [E]``, ``behaviour [E]`` (index into ``spec.behaviours``),
+  Returns ``start_row [E]``, ``behaviour [E]`` (index into ``spec.behaviours``; the kept one),
   ``initial_position [E]``, ``positions``, ``rewards`` and ``returns_to_go`` (unscaled)
   ``[E, L]`` float32. ``policies`` overrides the mixture (e.g. ``('oracle',)`` with the spec's first
   oracle noise level: the exact hindsight oracle when it is 0).
@@ -117,20 +119,25 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
   out = {'positions': np.zeros((len(starts), length), np.float32),
          'rewards': np.zeros((len(starts), length), np.float32),
          'returns_to_go': np.zeros((len(starts), length), np.float32)}
+  best = spec.selection == 'best' and policies is None
+  candidates = np.flatnonzero(weights > 0)
   for begin in range(0, len(starts), _GENERATION_CHUNK):
     part = slice(begin, begin + _GENERATION_CHUNK)
     rows = starts[part, None] + offsets  # [E, L + 2]: r-1 .. r+L
     raw = np.take(arrays.features, rows[:, 1:length + 1], axis=0).astype(np.float64)
-    kinds, sizes, start_level = behaviour[part], size[part], np.sign(initial[part])
-    positions = np.zeros((len(kinds), length))
+    sizes, start_level = size[part], np.sign(initial[part])
     chunk_rng = np.random.default_rng([spec.seed, seed, begin])
-    for kind in np.unique(kinds):
-      selected = kinds == kind
+    open_price = np.take(arrays.features[:, FEATURES.index('open')], rows).astype(np.float64)
+    observed = np.take(np.asarray(arrays.observed, bool), rows)
+
+    def act(kind: int, selected: np.ndarray) -> np.ndarray:
+      """Positions ``[selected episodes, L]`` of behaviour ``kind``."""
       _, policy, parameter, _ = table[kind]
       if policy == 'oracle':
         gains = next_returns_all[part][selected]
         gains = gains + parameter * return_scale * chunk_rng.standard_normal(gains.shape)
-        levels = policies_lib.hindsight_levels(gains, spec.cost, start_level[selected], spec.allow_short)
+        levels = policies_lib.hindsight_levels(gains, spec.cost, start_level[selected],
+                                               spec.allow_short)
       elif policy in ('trend', 'momentum', 'mean_reversion'):
         events = policies_lib.rule_events(policy, raw[selected], spec.allow_short, parameter)
         if spec.rule_noise > 0:
@@ -140,15 +147,32 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
                            -1.0 if spec.allow_short else 0.0)
           events = np.where(deviate, wrong, events)
         levels = policies_lib.forward_fill(events, start_level[selected])
+      elif policy == 'flat':
+        levels = np.zeros((int(selected.sum()), length))
       else:
-        positions[selected] = policies_lib.random_positions(chunk_rng, (int(selected.sum()), length),
-                                               initial[part][selected], spec.allow_short)
-        continue
-      positions[selected] = levels * sizes[selected, None]
+        return policies_lib.random_positions(chunk_rng, (int(selected.sum()), length),
+                                             initial[part][selected], spec.allow_short)
+      return levels * sizes[selected, None]
+
+    def score(positions: np.ndarray) -> np.ndarray:
+      return episode_rewards(initial[part], positions.astype(np.float32), open_price, close[rows],
+                             spec, observed=observed)
+
+    if best:  # every behaviour from every start; keep the one with the highest episode return
+      everyone = np.ones(len(sizes), bool)
+      acted = np.stack([act(kind, everyone) for kind in candidates])  # [B, E, L]
+      scored = np.stack([score(positions) for positions in acted])
+      winner = np.argmax(scored.sum(axis=2), axis=0)  # the first of equals: table order
+      behaviour[part] = candidates[winner]
+      positions = acted[winner, np.arange(len(winner))]
+    else:
+      kinds = behaviour[part]
+      positions = np.zeros((len(kinds), length))
+      for kind in np.unique(kinds):
+        selected = kinds == kind
+        positions[selected] = act(kind, selected)
     positions = positions.astype(np.float32)
-    open_price = np.take(arrays.features[:, FEATURES.index('open')], rows).astype(np.float64)
-    rewards = episode_rewards(initial[part], positions, open_price, close[rows], spec,
-                              observed=np.take(np.asarray(arrays.observed, bool), rows))
+    rewards = score(positions)
     out['positions'][part] = positions
     out['rewards'][part] = rewards
     out['returns_to_go'][part] = policies_lib.discounted_returns_to_go(rewards, spec.discount)

@@ -15,7 +15,8 @@ from quantum_alpha_jax import errors
 from quantum_alpha_jax.data.features import FEATURES
 
 
-POLICIES = ('oracle', 'trend', 'mean_reversion', 'random', 'momentum')  # behaviours of a mixture
+# Behaviours of a mixture ('flat': out of the market from the episode's first bar on).
+POLICIES = ('oracle', 'trend', 'mean_reversion', 'random', 'momentum', 'flat')
 ACTIONS = ('hold', 'buy', 'sell')
 
 

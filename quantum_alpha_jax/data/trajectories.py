@@ -55,6 +55,16 @@ mean-reversion positions are levels in {-1, 0, 1} times the episode's size from 
 - ``random``: at each bar with a per-episode probability in [0.02, 0.15], buy (size uniform in
   [0.1, 1]) or sell, with equal chances.
 
+- ``flat``: out of the market (sells the initial position at the episode's first open).
+
+Selection. With ``selection='sampled'`` each episode follows one behaviour drawn with
+``policy_weights``. With ``selection='best'`` every behaviour of positive weight is acted from the
+same start and the episode keeps the one whose return after fees is highest: the choice uses the
+episode's future (training labels only, like the Oracle's targets), the positions are those of a
+causal rule, so a model imitating the kept episodes must tell from the past which rule the coming
+bars will favour (trend in a trend, flat in a sideways chop). With ``condition_on='behaviour'`` the
+kept episodes form one behaviour, "the best rule", and carry one token.
+
 The rules (trend, momentum, mean reversion) deviate at random with ``rule_noise`` (a per-episode
 rate: at such a bar they go long or out at random) and come back when their rule next fires, so the
 data shows recoveries from positions the rule would not hold (what a free-running policy meets).
@@ -65,6 +75,7 @@ test periods as baselines (:func:`heuristic_positions`). Everything is vectorise
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Mapping, Sequence
 
@@ -131,6 +142,12 @@ class TrajectorySpec:
   # 'behaviour' (the mean first return-to-go of the episode's behaviour on the training split, the
   # same at every step: what the behaviour earns on average, not its luck; module docstring).
   condition_on: str = 'realised'
+  # Which behaviour an episode keeps: 'sampled' (one drawn per start with policy_weights) or 'best'
+  # (every behaviour of positive weight is acted from the start and the one with the highest
+  # return after fees over the episode is kept: hindsight picks the behaviour, causal rules act it;
+  # with condition_on='behaviour' every episode then carries one token, the kept episodes' mean
+  # R_0 on the training split; module docstring).
+  selection: str = 'sampled'
   sizes: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
   initial_flat_probability: float = 0.5
   fee_rate: float = fills.DEFAULT_FEE_RATE
@@ -168,6 +185,9 @@ class TrajectorySpec:
     if self.condition_on not in ('realised', 'behaviour'):
       raise errors.ConfigError(errors.describe(
           f'{where}.condition_on', f'{self.condition_on!r}', "use 'realised' or 'behaviour'"))
+    if self.selection not in ('sampled', 'best'):
+      raise errors.ConfigError(errors.describe(
+          f'{where}.selection', f'{self.selection!r}', "use 'sampled' or 'best'"))
     unknown = [p for p in self.policies if p not in POLICIES]
     if unknown or not self.policies:
       raise errors.ConfigError(errors.describe(
@@ -372,9 +392,13 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
       raise errors.ConfigError(errors.describe(
           'trajectories.make_datasets', f"condition_on='behaviour' needs the {train_split!r} "
           'split (the behaviours\' mean returns come from it)', 'add it to the splits'))
-    means = behaviour_means(generated[train_split], spec)
+    if spec.selection == 'best':  # one behaviour, "the best rule": one token
+      means = np.array([generated[train_split]['returns_to_go'][:, 0].astype(np.float64).mean()])
+      group = lambda episodes: np.zeros(len(episodes['start_row']), np.int64)
+    else:
+      means, group = behaviour_means(generated[train_split], spec), functools.partial(behaviour_groups, spec=spec)
     for episodes in generated.values():
-      episodes['condition'] = means[behaviour_groups(episodes, spec)].astype(np.float32)
+      episodes['condition'] = means[group(episodes)].astype(np.float32)
   result = {}
   for number, split in enumerate(splits):
     training = split.name == train_split
