@@ -1,7 +1,8 @@
 """Serving latency at batch 1: onnxruntime (one thread, and its default threads) against JAX jit,
 per exported model, on this CPU.
 
-  python -m benchmarks.export_latency [--models oracle,lstm,guardian,strategist] [--size seed|quick]
+  python -m benchmarks.export_latency [--models oracle,lstm,guardian,strategist,strategist_step]
+      [--size seed|quick]
       [--calls 2000]
       [--workdir oracle=checkpoints/oracle --workdir lstm=checkpoints/lstm] [--json out.json]
 
@@ -11,8 +12,11 @@ params, or restored from a training workdir, exported to ONNX, and called ``--ca
 window at a time after a warm-up (each call timed alone; p50, p99 and the mean, in ms). The inputs
 are one random window; latency does not depend on the weights. The ensemble decision needs every
 model once per bar; run one after another on one core, its latency is about the sum of the
-per-model figures of the Oracle, the Guardian and the Strategist (the target: p99 <= 2 ms); the
-LSTM is the baseline, not part of the ensemble.
+per-model figures of the Oracle, the Guardian and the Strategist's cached step
+(``strategist_step``, one bar of an episode with a random cache: its cost does not depend on the
+values; the full-context ``strategist`` is measured beside it) (the target: p99 <= 2 ms); the LSTM
+is the baseline, not part of the ensemble. benchmarks/strategist_latency.py steps the cache through
+episodes and sets the Strategist beside HF's DecisionTransformerModel.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from quantum_alpha_jax.export import inference as inference_lib
 from quantum_alpha_jax.export import onnx as onnx_lib
 
 TARGET_P99_MS = 2.0
-ENSEMBLE = ('oracle', 'guardian', 'strategist')
+ENSEMBLE = ('oracle', 'guardian', 'strategist_step')
 
 
 def _random_task(name: str, config: Any) -> tuple[Any, dict[str, np.ndarray]]:
@@ -72,7 +76,10 @@ def build(name: str, size: str, workdir: str | None) -> inference_lib.InferenceF
   if workdir:
     return inference_lib.load_inference(name, workdir)
   import importlib  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(f'configs.{name}').get_config('' if size == 'seed' else size)
+  # The config of the task the model belongs to (strategist_step: the Strategist's).
+  config_name = inference_lib.MODELS[name].task_module.rsplit('.', 1)[-1]
+  config = importlib.import_module(f'configs.{config_name}').get_config(
+      '' if size == 'seed' else size)
   task, example = _random_task(name, config)
   params = task.init_params(jax.random.PRNGKey(0), example)
   return inference_lib.MODELS[name].build(task, params, config, {})
@@ -97,7 +104,7 @@ def measure(inference: inference_lib.InferenceFunction, calls: int,
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default='oracle,lstm,guardian,strategist')
+  parser.add_argument('--models', default='oracle,lstm,guardian,strategist,strategist_step')
   parser.add_argument('--size', default='seed', choices=('seed', 'quick'))
   parser.add_argument('--calls', type=int, default=2000)
   parser.add_argument('--workdir', action='append', default=[],
@@ -112,15 +119,15 @@ def main() -> int:
   with tempfile.TemporaryDirectory() as directory:
     for name in names:
       figures[name] = measure(build(name, args.size, workdirs.get(name)), args.calls, directory)
-  print(f'{"":<20}{"ORT 1 thread":>26}  {"ORT default":>19}  {"JAX jit":>26}')
-  print(f'{"model":<10} {"params":>9}  {"p50 / p99 (cpu) ms":>26}  {"p50 / p99 ms":>19}  '
+  print(f'{"":<26}{"ORT 1 thread":>26}  {"ORT default":>19}  {"JAX jit":>26}')
+  print(f'{"model":<16} {"params":>9}  {"p50 / p99 (cpu) ms":>26}  {"p50 / p99 ms":>19}  '
         f'{"p50 / p99 (cpu) ms":>26}')
   for name, entry in figures.items():
     one, default, jit = (entry[k] for k in ('onnxruntime_1_thread', 'onnxruntime_default',
                                             'jax_jit'))
     cell = lambda e, cpu=True: (f'{e["p50"]:.3f} / {e["p99"]:.3f}'
                                 + (f' ({e["cpu_mean"]:.3f})' if cpu else ''))
-    print(f'{name:<10} {entry["parameters"]:>9,}  {cell(one):>26}  {cell(default, False):>19}  '
+    print(f'{name:<16} {entry["parameters"]:>9,}  {cell(one):>26}  {cell(default, False):>19}  '
           f'{cell(jit):>26}')
   members = [name for name in ENSEMBLE if name in figures]
   totals = {label: sum(figures[name][key]['p99'] for name in members)
