@@ -45,13 +45,10 @@ BOTTOM_FLOOR = {
     'fills': ('errors',),
     'artifacts': ('errors', 'distributed'),
 }
-# Files whose arrows are known and being removed, each with the issue that removes it. Only
-# run-level code (run/load of a saved run) may stay here; the lead empties this list.
-ALLOWED = {
-    # issue #17: saved-run evaluation loads checkpoints and tasks; the "tasks" change moves it to
-    # run-level code beside the tasks' run/load.
-    'quantum_alpha_jax/evaluate/saved.py': {'train'},
-}
+# Files whose arrows are known and being removed ({path: {imported layer}}), each with the issue
+# that removes it; only run-level code (run/load of a saved run) may ever stand here. Empty since
+# saved-run evaluation moved to tasks/saved.py (#17).
+ALLOWED: dict[str, set[str]] = {}
 # What configs/*.py may import of the library.
 CONFIG_ALLOWED = ('errors',)
 
@@ -125,11 +122,6 @@ def test_configs_import_no_library_module():
         found.append(f'{path.relative_to(ROOT).as_posix()}:{line}: {module}')
   assert not found, ('configs import library modules; put the value in configs/common.py (and '
                      'its check in tests/test_config_defaults.py):\n  ' + '\n  '.join(found))
-
-
-def test_allow_list_names_only_run_level_code():
-  # The allow-list may only hold saved-run evaluation; anything else is an arrow to remove.
-  assert set(ALLOWED) <= {'quantum_alpha_jax/evaluate/saved.py'}
 
 
 @pytest.mark.parametrize('statement, arrow', [
