@@ -162,7 +162,8 @@ class Decider:
     return state
 
   def warmup_remaining(self, symbol: str) -> int:
-    """Bars still needed before ``symbol`` gets a decision from every model."""
+    """In how many bars ``symbol`` gets its first decision from every model (0: this one had it):
+    the features' warm-up of the segment, then the longest model window of valid rows."""
     state = self._state(symbol)
     stream = int(getattr(state.stream, 'warmup_remaining', 0))
     windows_left = max(e.remaining for e in state.eligibility.values())
@@ -173,28 +174,28 @@ class Decider:
   # Bars in, decisions out.
 
   def push(self, symbol: str, kline: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One closed kline of ``symbol`` → the decision records of the bars it closes. A bad bar
-    raises ``stream.BarRejected`` (one line) and changes nothing."""
+    """One closed kline of ``symbol`` → the decision records of the bars it closes (hole-filling
+    bars first). A bad bar raises ``stream.BarRejected`` (one line) and changes nothing."""
     started = time.perf_counter()
     state = self._state(symbol)
     previous = state.last_time_ns
     bars = state.stream.push(kline)  # raises before any state changes
     records = self.push_bars(symbol, bars, started=started)
-    if bars and previous is not None:
-      gap = (bars[0].open_time_ns - previous) // schema.BAR_NANOSECONDS - 1
-      if gap > self.fill_limit_bars:
-        logging.warning('%s: a gap of %d bars before %s (longer than the fill limit %d): a new '
-                        'segment; warming up again for %d bars', symbol, gap,
-                        pd.Timestamp(bars[0].open_time_ns, tz='UTC'), self.fill_limit_bars,
-                        records[-1]['warmup_remaining'] if records else -1)
-        for record in records:
-          record['gap_bars'] = int(gap)
+    for bar, record in zip(bars, records):
+      if getattr(bar, 'new_segment', False) and previous is not None:
+        gap = (bar.open_time_ns - previous) // schema.BAR_NANOSECONDS - 1
+        record['event'] = (
+            f'{symbol}: {gap} bars missing before {record["time"]}, more than the fill limit '
+            f'({self.fill_limit_bars}): a new segment; the first decision comes '
+            f'{record["warmup_remaining"]} bars later (warm-up)')
+        logging.warning('%s', record['event'])
     return records
 
   def push_bars(self, symbol: str, bars: Iterable[Any], *, started: float | None = None
                 ) -> list[dict[str, Any]]:
-    """Decisions for featurised bars (``StreamBar`` s: open_time_ns, open, close, observed,
-    valid, features) of ``symbol``, in time order."""
+    """Decisions for featurised bars of ``symbol`` in time order (``stream.StreamBar`` s, or any
+    objects with ``open_time_ns``, ``close``, ``observed``, ``valid``, ``features [44]`` and
+    optionally ``new_segment``). ``latency_ms`` runs from ``started`` (default: the bar's turn)."""
     state = self._state(symbol)
     records = []
     for bar in bars:
@@ -204,7 +205,8 @@ class Decider:
             f'serve {symbol} bar {pd.Timestamp(bar.open_time_ns, tz="UTC")}',
             f'not after the last bar {pd.Timestamp(state.last_time_ns, tz="UTC")}',
             'send each symbol\'s bars once, in time order'))
-      if (state.last_time_ns is not None
+      if getattr(bar, 'new_segment', False) or (
+          state.last_time_ns is not None
           and bar.open_time_ns - state.last_time_ns > schema.BAR_NANOSECONDS):
         for eligibility in state.eligibility.values():  # A new segment (a gap past the limit).
           eligibility.new_segment()

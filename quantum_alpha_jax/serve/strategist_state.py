@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantum_alpha_jax.backtest import engine
+from quantum_alpha_jax import fills
 from quantum_alpha_jax.data import trajectories
 from quantum_alpha_jax.models import decision_transformer as dt
 
@@ -31,7 +31,7 @@ def _step(task: Any, params: Any, cache: Any, account: tuple, token: jax.Array,
   model, spec = task.model, task.spec
   fee_rate, slippage = spec.fee_rate, spec.slippage_bps / 10_000
   cash, units, held, equity, position, before = account
-  (cash, units, held), _ = engine.fill_at_open(
+  (cash, units, held), _ = fills.fill_at_open(
       (cash, units, held), position, bar_open, position != before, fee_rate=fee_rate,
       slippage=slippage, observed=bar_observed)
   position_before = jnp.where(bar_observed, position, before)
@@ -49,8 +49,9 @@ def _step(task: Any, params: Any, cache: Any, account: tuple, token: jax.Array,
   sized = (chosen == trajectories.BUY) | ((chosen == trajectories.SELL) & spec.allow_short)
   token_size = jnp.where(sized, jnp.abs(new_position), 0.0)
   account = (cash, units, held, marked, new_position, position_before)
-  return cache, account, new_token, chosen, token_size, {
-      'action': chosen, 'size': new_size, 'held': held, 'position': new_position}
+  # One [4] array out (action, size, held, position): a single device-to-host copy per bar.
+  outputs = jnp.stack([chosen.astype(jnp.float32)[0], new_size[0], held[0], new_position[0]])
+  return cache, account, new_token, chosen, token_size, outputs
 
 
 @functools.lru_cache(maxsize=8)
@@ -80,16 +81,17 @@ class StrategistState:
   in_run: bool = False
 
   def __post_init__(self):
-    self.first_token = jnp.full((1,), self.task.conditioning_token(self.task.target_return),
-                                jnp.float32)
+    self.first_token = np.full((1,), self.task.conditioning_token(self.task.target_return),
+                               np.float32)
     self._step = step_function(self.task)
     self._reset_episode()
 
   def _reset_episode(self) -> None:
-    self.cache = dt.initial_cache(self.task.model, 1, jnp.float32)
-    self.token = jnp.zeros((1,), jnp.float32)
-    self.action = jnp.zeros((1,), jnp.int32)
-    self.size = jnp.zeros((1,), jnp.float32)
+    if not hasattr(self, '_empty'):  # jax arrays are immutable: one set of zeros serves every episode
+      self._empty = (dt.initial_cache(self.task.model, 1, jnp.float32),
+                     jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.int32),
+                     jnp.zeros((1,), jnp.float32))
+    self.cache, self.token, self.action, self.size = self._empty
     self.timestep = 0
 
   def skip(self) -> None:
@@ -106,13 +108,13 @@ class StrategistState:
       self.in_run = True
     elif self.timestep == self.task.model.context_length:  # Next episode: the account carries on.
       self._reset_episode()
+    # numpy inputs: jit converts them on the way in, without one dispatched op per array.
     self.cache, self.account, self.token, self.action, self.size, outputs = self._step(
         self.params, self.cache, self.account, self.token, self.action, self.size,
-        jnp.int32(self.timestep), jnp.asarray(features, jnp.float32)[None],
-        jnp.full((1,), bar_open, jnp.float32), jnp.full((1,), bar_close, jnp.float32),
-        jnp.full((1,), observed, bool), self.first_token)
+        np.int32(self.timestep), np.asarray(features, np.float32).reshape(1, -1),
+        np.full((1,), bar_open, np.float32), np.full((1,), bar_close, np.float32),
+        np.full((1,), observed, bool), self.first_token)
     self.timestep += 1
-    values = jax.device_get(outputs)
-    return {'action': int(values['action'][0]), 'size': float(values['size'][0]),
-            'held_position': float(values['held'][0]),
-            'target_position': float(values['position'][0])}
+    action, size, held, position = (float(value) for value in np.asarray(outputs))
+    return {'action': int(action), 'size': size, 'held_position': held,
+            'target_position': position}
