@@ -23,7 +23,9 @@ after a warm-up; p50 / p99 / mean in ms:
 
 The sides run in separate processes, alternating (benchmarks/side_by_side.py), pinned to the same
 CPU with the same thread count. The parent prints medians over rounds and the median per-round
-ratio peer/ours (how many times faster our decision is; target >= 20x for the cached step).
+ratio peer/ours (how many times faster our decision is; target >= 20x for the cached step), of the
+wall-time p50 and p99 and of the process CPU time per call (less sensitive than the wall time to
+other jobs taking the CPU on a shared machine).
 
 For another benchmark (benchmarks/serve.py): :func:`side_by_side_figures` runs the whole comparison
 and returns the medians; :func:`our_latencies` and :func:`hf_decision_latency` measure one side in
@@ -42,6 +44,10 @@ from typing import Any, Callable
 from benchmarks import side_by_side
 
 TARGET_RATIO = 20.0
+# Per path: wall-time percentiles and mean, and the process CPU time per call (on a shared machine
+# closer to the quiet-machine latency of a one-thread call than the wall time: benchmarks/
+# export_latency.py latency).
+STATS = ('p50', 'p99', 'mean', 'cpu_mean')
 OURS = ('onnx_step', 'jax_step', 'onnx_full', 'jax_full')
 LABELS = {'onnx_step': 'ours, cached step, ONNX (onnxruntime)',
           'jax_step': 'ours, cached step, JAX jit',
@@ -180,23 +186,23 @@ def hf_decision_latency(calls: int, threads: int = 1, warmup: int = 5) -> dict[s
 def _ours_child(args: argparse.Namespace) -> None:
   threads = side_by_side.apply_threads()
   result = our_latencies(args.calls, args.onnx_dir, threads)
-  side_by_side.emit({f'{name}_{stat}': result[name][stat] for name in OURS
-                     for stat in ('p50', 'p99', 'mean')} | {'parameters': result['parameters']})
+  side_by_side.emit({f'{name}_{stat}': result[name][stat] for name in OURS for stat in STATS}
+                    | {'parameters': result['parameters']})
 
 
 def _peer_child(args: argparse.Namespace) -> None:
   threads = side_by_side.apply_threads()
   result = hf_decision_latency(max(args.calls // 4, 20), threads)
-  side_by_side.emit({f'hf_get_action_{stat}': result['hf_get_action'][stat]
-                     for stat in ('p50', 'p99', 'mean')}
+  side_by_side.emit({f'hf_get_action_{stat}': result['hf_get_action'][stat] for stat in STATS}
                     | {'parameters': result['parameters'], 'attention': result['attention']})
 
 
 def side_by_side_figures(rounds: int = 3, calls: int = 400, threads: int = 1,
                          verbose: bool = True) -> dict[str, Any]:
   """Runs the alternating comparison (module docstring); returns per path ``{'p50', 'p99',
-  'mean'}`` medians over rounds (ms), ``ratio_p50`` / ``ratio_p99`` (median per-round peer/ours
-  for every path of ours), the parameter counts and the rounds."""
+  'mean', 'cpu_mean'}`` medians over rounds (ms), ``ratio_p50`` / ``ratio_p99`` /
+  ``ratio_cpu_mean`` (median per-round peer/ours for every path of ours), the parameter counts and
+  the rounds."""
   import statistics  # pylint: disable=g-import-not-at-top
   count = len(side_by_side.cpu_list(threads))
   with tempfile.TemporaryDirectory(prefix='strategist_latency.') as directory:
@@ -211,9 +217,8 @@ def side_by_side_figures(rounds: int = 3, calls: int = 400, threads: int = 1,
                                             'peer': peer[0]['parameters']},
                              'peer_attention': peer[0]['attention']}
   for name, side in [(name, ours) for name in OURS] + [('hf_get_action', peer)]:
-    figures[name] = {stat: side_by_side.median(side, f'{name}_{stat}')
-                     for stat in ('p50', 'p99', 'mean')}
-  for stat in ('p50', 'p99'):
+    figures[name] = {stat: side_by_side.median(side, f'{name}_{stat}') for stat in STATS}
+  for stat in ('p50', 'p99', 'cpu_mean'):
     figures[f'ratio_{stat}'] = {
         name: float(statistics.median(p[f'hf_get_action_{stat}'] / o[f'{name}_{stat}']
                                       for o, p in zip(ours, peer)))
@@ -242,14 +247,16 @@ def main() -> None:
         f'(K = 90, hidden 256, 6 layers, 8 heads; {figures["parameters"]["ours"]:,} parameters '
         f'ours, {figures["parameters"]["peer"]:,} HF), medians of {args.rounds} rounds; load '
         f'average after {os.getloadavg()[0]:.1f}\n')
-  print('| path | p50 ms | p99 ms | mean ms | peer p50 / ours p50 | peer p99 / ours p99 |')
-  print('|---|---|---|---|---|---|')
+  print('| path | p50 ms | p99 ms | mean ms | CPU ms per call | peer/ours p50 | peer/ours p99 '
+        '| peer/ours CPU |')
+  print('|---|---|---|---|---|---|---|---|')
   for name in OURS + ('hf_get_action',):
     entry = figures[name]
-    ratios = ((f'**{figures["ratio_p50"][name]:.1f}×** | **{figures["ratio_p99"][name]:.1f}×**')
-              if name in OURS else '1× | 1×')
+    ratios = (' | '.join(f'**{figures[f"ratio_{stat}"][name]:.1f}×**'
+                         for stat in ('p50', 'p99', 'cpu_mean'))
+              if name in OURS else '1× | 1× | 1×')
     print(f'| {LABELS[name]} | {entry["p50"]:.3f} | {entry["p99"]:.3f} | {entry["mean"]:.3f} | '
-          f'{ratios} |')
+          f'{entry["cpu_mean"]:.3f} | {ratios} |')
   met = figures['ratio_p50']['onnx_step'] >= TARGET_RATIO
   print(f'\ntarget: the ONNX cached step >= {TARGET_RATIO:.0f}x the peer\'s decision (p50): '
         f'{"met" if met else "NOT met"} ({figures["ratio_p50"]["onnx_step"]:.1f}x); HF attention '

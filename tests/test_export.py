@@ -236,6 +236,36 @@ def test_exported_step_through_episodes_equals_the_full_pass_and_the_rollout(tmp
     np.testing.assert_allclose(after, position, atol=TOLERANCE, err_msg=kind)
 
 
+def test_step_real_inputs_continue_real_episodes(drifting_market, tmp_path):
+  """The parity check's real inputs of ``strategist_step``: test episodes stopped at steps spread
+  over 0..K-1, each with the cache its earlier steps leave; one step from there gives the full
+  pass's outputs at that step of the same episode."""
+  from configs import strategist as strategist_config  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
+  store.write_store(tmp_path / 'store', drifting_market)
+  config = strategist_config.get_config('quick')
+  config.data.store_dir = str(tmp_path / 'store')
+  config.data.splits.update(SPLITS)
+  _, normalizer = strategist.make_data(config)
+  task = strategist.StrategistTask.from_config(config, normalizer=normalizer)
+  params = _random_params(task, strategist.example_batch(task), scale=0.5)
+  record = {'normalizer': normalizer.to_dict()}
+  step = inference_lib.MODELS['strategist_step'].build(task, params, config, record)
+  full = inference_lib.MODELS['strategist'].build(task, params, config, record)
+  real = step.real_inputs(4)
+  context = full.real_inputs(4)  # the same episodes, whole
+  stopped = real[0]
+  assert list(stopped) == [0, 7, 15, 23]  # K = 24
+  assert np.any(real[-1][1:] != 0) and not np.any(real[-1][0])  # caches, empty at t = 0
+  outputs = step(*real)
+  expected = full(*context)
+  rows = np.arange(4)
+  np.testing.assert_allclose(outputs['action_logits'],
+                             np.asarray(expected['action_logits'])[rows, stopped], atol=TOLERANCE)
+  np.testing.assert_allclose(outputs['size'], np.asarray(expected['size'])[rows, stopped],
+                             atol=TOLERANCE)
+
+
 def test_saved_model_step_matches_jax(tmp_path):
   saved_model = _saved_model_backend()
   _, _, inference = _strategist_step(tmp_path)
