@@ -12,7 +12,10 @@ Tokens. For steps ``t = 0..K-1`` of a context the model reads the return-to-go `
 
 Attention is causal: token i attends to tokens j <= i (a constant lower-triangular mask, so the
 graph has fixed shapes and exports). Queries, keys and values come from one fused ``[H, 3H]``
-projection; scores ``Q Kᵀ / √d`` and the softmax run in float32.
+projection; scores ``Q Kᵀ / √d`` and the softmax run in float32. The full pass computes it in
+query blocks over key prefixes (models/attention.py: the keys every query of a block would mask
+are never scored), and its last block computes queries, output projection and MLP only at the
+state tokens, the only ones read.
 
 Outputs are read from the STATE tokens (position 3t+1), which have seen ``R_0..R_t``, ``s_0..s_t``
 and ``a_0..a_{t-1}`` but not ``a_t``: action logits ``[batch, K, 3]`` (hold, buy, sell) and the
@@ -51,10 +54,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantum_alpha_jax.models import attention as attention_lib
 from quantum_alpha_jax.models.layers import Dropout
 from quantum_alpha_jax.models.layers import LayerNorm
 
 _MASK_VALUE = -1e9
+STATE_TOKENS = slice(1, None, 3)  # positions 3t + 1 of the interleaved (R, s, a) sequence
 Cache = Sequence[tuple[jax.Array, jax.Array]]
 
 
@@ -121,7 +126,7 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool, cache: tuple[jax.Array, jax.Array]
-               | None = None, mask: jax.Array | None = None):
+               | None = None, mask: jax.Array | None = None, outputs: slice | None = None):
     batch, length, width = x.shape
     head_size = width // self.num_heads
     qkv = nn.Dense(3 * width, name='qkv')(x).reshape(batch, length, 3, self.num_heads, head_size)
@@ -138,13 +143,15 @@ class CausalSelfAttention(nn.Module):
                + jnp.einsum('bhqk,bkhd->bqhd', weights[..., slots:], value))
       output = nn.Dense(width, name='output')(heads.reshape(batch, length, width).astype(x.dtype))
       return output, (key, value)
-    keys, values, mask = key, value, causal_mask(length)
-    scores = jnp.einsum('bqhd,bkhd->bhqk', query, keys.astype(query.dtype)).astype(jnp.float32)
-    scores = jnp.where(mask, scores * (1.0 / math.sqrt(head_size)), _MASK_VALUE)
-    weights = jax.nn.softmax(scores, axis=-1)
-    weights = Dropout(self.attention_dropout_rate)(weights, deterministic=deterministic)
-    heads = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(values.dtype), values)
-    output = nn.Dense(width, name='output')(heads.reshape(batch, length, width).astype(x.dtype))
+    # Full pass: blocked causal attention (models/attention.py), queries at ``outputs`` only.
+    positions = np.arange(length)[outputs if outputs is not None else slice(None)]
+    weights_dropout = Dropout(self.attention_dropout_rate)
+    heads = attention_lib.causal_attention(
+        query[:, outputs] if outputs is not None else query, key, value,
+        query_positions=positions,
+        weights_dropout=lambda weights: weights_dropout(weights, deterministic=deterministic))
+    output = nn.Dense(width, name='output')(
+        heads.reshape(batch, len(positions), width).astype(x.dtype))
     output = Dropout(self.dropout_rate)(output, deterministic=deterministic)
     return output, None
 
@@ -157,13 +164,16 @@ class Block(nn.Module):
   attention_dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool, cache=None, mask=None):
+  def __call__(self, x: jax.Array, *, deterministic: bool, cache=None, mask=None,
+               outputs: slice | None = None):
+    """``x [batch, T, H]`` → ``[batch, T, H]`` (full pass: only the tokens ``x[:, outputs]``
+    when ``outputs`` is given, the rest serving as keys and values) and the cache's new part."""
     dtype = x.dtype
     attended, cache = CausalSelfAttention(self.num_heads, self.dropout_rate,
                                           self.attention_dropout_rate, name='attention')(
         LayerNorm(name='attention_norm')(x).astype(dtype), deterministic=deterministic,
-        cache=cache, mask=mask)
-    x = x + attended
+        cache=cache, mask=mask, outputs=outputs)
+    x = (x if outputs is None else x[:, outputs]) + attended
     width = x.shape[-1]
     hidden = nn.Dense(4 * width, name='mlp_in')(LayerNorm(name='mlp_norm')(x).astype(dtype))
     hidden = nn.Dense(width, name='mlp_out')(jax.nn.gelu(hidden))
@@ -250,10 +260,12 @@ class DecisionTransformer(nn.Module):
     [batch, K]`` int → ``action_logits [batch, K, 3]``, ``size [batch, K]`` (float32)."""
     x = self.embedding_dropout(self.embed(returns_to_go, states, actions, sizes, timesteps),
                                deterministic=deterministic)
-    for block in self.blocks:
+    for block in self.blocks[:-1]:
       x, _ = block(x, deterministic=deterministic)
-    batch, tokens, width = x.shape
-    return self.heads(x.reshape(batch, tokens // 3, 3, width)[:, :, 1])
+    # Only the state tokens (3t + 1) are read: the last block computes its queries, output
+    # projection and MLP at those K tokens alone (all 3K still serve as keys and values).
+    x, _ = self.blocks[-1](x, deterministic=deterministic, outputs=STATE_TOKENS)
+    return self.heads(x)
 
   def decode_tokens(self, caches: Sequence[tuple[jax.Array, jax.Array]], past_visible: jax.Array,
                     timestep: jax.Array, return_to_go: jax.Array, state: jax.Array,
