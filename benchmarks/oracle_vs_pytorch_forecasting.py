@@ -12,7 +12,9 @@ the same thread count and CPUs (:mod:`benchmarks.side_by_side`).
 - ``--child ours``: :func:`benchmarks.oracle.measure` — the shared jitted train step (Adam(W)
   with clipping, from the seed config) on one cached device batch ("model step") and on a fresh
   batch from the Grain iterator every step ("end to end"), then the jitted ``predict_batch``
-  (forward, quantile sorting, P(up)) on one batch. FLOPs from XLA's cost analysis.
+  (forward, quantile sorting, P(up)) on one batch. FLOPs from XLA's cost analysis of the same
+  model with its variable selection in one chunk (``benchmarks.oracle.unchunked``): the model's
+  FLOPs, without the chunks' recomputation in the backward pass.
 - ``--child peer``: ``TemporalFusionTransformer.from_dataset`` over a ``TimeSeriesDataSet`` of
   synthetic data with the same shapes (the 41 other features as unknown reals, the 3 calendar
   inputs as known reals, so the encoder selects among 44 variables and the decoder among 3);
@@ -154,7 +156,7 @@ def report(results: dict, rates: dict, args: argparse.Namespace) -> str:
            f'params: ours {ours[0]["param_count"]:,}, pytorch-forecasting '
            f'{peer[0]["param_count"]:,}',
            f'GFLOP per sample, train step: ours {med(ours, "gflop_per_sample"):.3f} (XLA cost '
-           f'analysis), pytorch-forecasting {med(peer, "gflop_per_sample"):.3f} (torch FLOP '
+           f'analysis, variable selection unchunked), pytorch-forecasting {med(peer, "gflop_per_sample"):.3f} (torch FLOP '
            'counter)',
            f'GFLOP per sample, inference: ours {med(ours, "inference_gflop_per_sample"):.3f}, '
            f'pytorch-forecasting {med(peer, "inference_gflop_per_sample"):.3f}',
