@@ -1,9 +1,11 @@
 """What a run leaves on disk for programs and people: JSON (NaN → null), result files and figures.
 
 The bottom floor of the package: data, evaluate, train, backtest and every later stage write their
-files through it, and it imports nothing of the package but :mod:`errors` and :mod:`distributed`
-(itself only ``jax`` and :mod:`errors`), so writing a file never pulls a layer above the writer in
-(tests/test_imports.py keeps it so).
+files through it, and it imports nothing of the package but :mod:`distributed` (itself only ``jax``
+and :mod:`errors`), so writing a file never pulls a layer above the writer in. ``jax`` (through
+:mod:`distributed`) and ``matplotlib`` load on first use, not at import: the store builder
+(data/pipeline.py) writes through this module and stays free of both (tests/test_imports.py keeps
+both promises).
 
 Writes are atomic (a temporary file in the same folder, then a rename), so a killed run never leaves
 a half-written ``results.json`` that a later stage would read back. In a multi-process run only
@@ -20,11 +22,8 @@ import pathlib
 import tempfile
 from typing import Any, Callable, Mapping
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-
-from quantum_alpha_jax import distributed
 
 
 def json_ready(value: Any) -> Any:
@@ -71,10 +70,16 @@ def atomic_write_json(path: str | pathlib.Path, payload: Any) -> None:
   atomic_write(path, write)
 
 
+def _is_primary() -> bool:
+  """:func:`distributed.is_primary`, with jax loaded here rather than when the module is imported."""
+  from quantum_alpha_jax import distributed  # pylint: disable=g-import-not-at-top (jax, see above)
+  return distributed.is_primary()
+
+
 def write_json(path: str | pathlib.Path, payload: Mapping[str, Any]) -> pathlib.Path:
   """Writes a JSON file atomically (NaN → null); process 0 only."""
   path = pathlib.Path(path)
-  if distributed.is_primary():
+  if _is_primary():
     atomic_write_json(path, json_ready(payload))
   return path
 
@@ -86,8 +91,9 @@ def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pa
 
 def save_figure(figure: Any, path: str | pathlib.Path, dpi: int = 110) -> pathlib.Path:
   """Saves a matplotlib ``figure`` as ``path`` (process 0 only) and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top (matplotlib, see above)
   path = pathlib.Path(path)
-  if distributed.is_primary():
+  if _is_primary():
     figure.savefig(path, dpi=dpi)
   plt.close(figure)
   return path

@@ -13,6 +13,9 @@ function-local ones included. A layer is the first name under the package (``dat
 - the bottom floor stays at the bottom: ``artifacts`` imports only ``errors`` and ``distributed``,
   ``fills`` and ``distributed`` only ``errors``, ``errors`` nothing.
 
+The store builder (data/pipeline.py) stays a light process: importing it loads neither jax, Grain
+nor matplotlib, although it writes through ``artifacts``.
+
 Configs describe runs with plain values: ``configs/*.py`` import nothing of the library but
 ``errors`` (their shared defaults live in ``configs/common.py``, checked against the library's by
 tests/test_config_defaults.py).
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 from typing import Iterator
 
 import pytest
@@ -111,6 +116,17 @@ def test_no_import_runs_back_up():
   assert not found, ('imports against the one-way flow (tests/test_imports.py docstring); move '
                      'the shared piece down to a lower layer or pass it in:\n  '
                      + '\n  '.join(found))
+
+
+def test_the_store_builder_loads_neither_jax_nor_matplotlib():
+  # A fresh interpreter: the test process has long loaded everything.
+  heavy = ('jax', 'grain', 'matplotlib')
+  code = (f'import sys; import {PACKAGE}.data.pipeline; '
+          f'print(sorted(name for name in {heavy!r} if name in sys.modules))')
+  loaded = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+  assert loaded == '[]', (f'importing data/pipeline.py loads {loaded}: import them where they are '
+                          'used (artifacts loads jax and matplotlib on first use)')
 
 
 def test_configs_import_no_library_module():
