@@ -46,6 +46,7 @@ FILES = {'BTCUSDT': 'binance-spot-5m/BTC_USDT-5m.parquet',
          'ETHUSDT': 'binance-spot-5m/ETH_USDT-5m.parquet'}
 MODELS = ('oracle', 'guardian', 'strategist')
 SIGNALS = ('p_up', 'uncertainty', 'regime', 'risk_level', 'action', 'size', 'target_position')
+TIMINGS = ('latency_ms', 'model_ms')
 P_UP_TOLERANCE = 1e-5  # ONNX (onnxruntime) against the batch path's jitted JAX, float32
 # One float32 rounding of a position in [0, 1]: the Strategist's size head at batch 1 (the service,
 # one symbol) and at batch 2 (the batch rollout, both symbols in one scan) compile to different
@@ -108,7 +109,8 @@ def real_run(tmp_path_factory) -> RealRun:
   _train('strategist', config, root / 'strategist', steps=6)
   export = export_config.get_config('quick')
   export.models.update(oracle=str(root / 'oracle'), lstm='', guardian=str(root / 'guardian'),
-                       strategist=str(root / 'strategist'))
+                       strategist=str(root / 'strategist'),
+                       strategist_step=str(root / 'strategist'))  # the cached decode, served
   export.formats = ('onnx',)
   export.parity.batch_sizes = (1,)
   pipeline.run(export, root / 'export')
@@ -205,7 +207,7 @@ def test_no_look_ahead_truncated_input_leaves_earlier_decisions(real_run, stream
   cut = real_run.start + pd.Timedelta('1D')
   truncated = _replay(_decider(real_run), {symbol: raw_klines(symbol, str(cut)) for symbol in FILES})
   full = streamed.loc[streamed['open_time_ns'] < cut.value]
-  columns = [c for c in full.columns if c != 'latency_ms']
+  columns = [c for c in full.columns if c not in TIMINGS]
   pd.testing.assert_frame_equal(truncated[columns].reset_index(drop=True),
                                 full[columns].reset_index(drop=True))
   assert (truncated['status'] == 'ready').sum() > 200
@@ -224,7 +226,7 @@ def _short_run(real_run):
 
 
 def _strip(records):
-  return [{k: v for k, v in record.items() if k != 'latency_ms'} for record in records]
+  return [{k: v for k, v in record.items() if k not in TIMINGS} for record in records]
 
 
 @pytest.mark.parametrize('bad', ['out_of_order', 'duplicate', 'nan', 'missing_column', 'inf'])
@@ -349,7 +351,7 @@ def test_replay_follow_and_restart_write_the_same_whole_lines(real_run, tmp_path
   replay.serve(decider, [csv], tmp_path / 'followed.jsonl', follow=True, poll_seconds=0.01,
                idle_seconds=0.0)
   followed = (tmp_path / 'followed.jsonl').read_text().splitlines()
-  strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != 'latency_ms'} for r in rows]
+  strip = lambda rows: _strip(json.loads(row) for row in rows)
   assert strip(followed) == strip(lines)
   # A kill mid-line: the torn line is cut off on restart, the bars already written are skipped.
   out = tmp_path / 'restarted.jsonl'

@@ -13,8 +13,9 @@ symbol:
 3. runs the Guardian and the Oracle on the window normalised relative to its last bar
    (``Normalizer.apply``), with the Oracle's ``decoder_known`` from the clock
    (``windows.calendar_features``);
-4. runs the Strategist's cached one-step decode and account (``serve/strategist_state.py``, equal to
-   ``tasks/strategist.py`` ``_rollout_core``);
+4. runs the Strategist's cached one-step decode (the export's ``strategist_step`` in ONNX, or
+   the JAX decode) and its account (``serve/strategist_state.py``, equal to ``tasks/strategist``
+   ``_rollout_core``);
 5. applies the ensemble rule (``serve/ensemble_state.py``, equal to ``backtest/ensemble.py``
    ``positions``, its uncertainty EMA carried as state) and returns one decision record.
 
@@ -55,6 +56,11 @@ def _risk_levels(score: float, thresholds: Sequence[float]) -> int:
   # tasks/guardian.py risk_levels on one score (numpy), float32 like the exported output.
   score = np.float32(score)
   return int(score > np.float32(thresholds[0])) + int(score > np.float32(thresholds[1]))
+
+
+def _lap(since: float) -> tuple[float, float]:
+  now = time.perf_counter()
+  return now, round((now - since) * 1e3, 4)
 
 
 class _Eligibility:
@@ -104,10 +110,11 @@ class Decider:
   already featurised (``StreamBar`` s).
   """
 
-  def __init__(self, export: str | pathlib.Path, *, backend: str = 'onnx',
-               ensemble_config: ml_collections.ConfigDict | None = None, start: Any = None,
-               fill_limit_bars: int = 72):
-    self.models = models_lib.load_models(export, backend=backend)
+  def __init__(self, export: str | pathlib.Path | models_lib.LoadedModels, *,
+               backend: str = 'onnx', ensemble_config: ml_collections.ConfigDict | None = None,
+               start: Any = None, fill_limit_bars: int = 72):
+    self.models = (export if isinstance(export, models_lib.LoadedModels)
+                   else models_lib.load_models(export, backend=backend))
     self.config = ensemble_config or ensemble.ensemble_config()
     self.config = ml_collections.ConfigDict(self.config.to_dict())
     for name in ensemble.COMPONENTS:
@@ -123,9 +130,7 @@ class Decider:
     if oracle is not None:
       config = oracle.metadata.get('config', {})
       self._oracle_symbols = sorted(config.get('data', {}).get('symbols', ()))
-      self._decoder_length = int(next(spec['shape'][1] for spec in
-                                      self.models.manifest['models']['oracle']['inputs']
-                                      if spec['name'] == 'decoder_known'))
+      self._decoder_length = int(oracle.input_shapes['decoder_known'][1])
     guardian = self.models.window_models.get('guardian')
     if guardian is not None:
       self._risk_thresholds = tuple(float(x) for x in guardian.metadata['risk_thresholds'])
@@ -156,7 +161,8 @@ class Decider:
     if self.models.strategist is not None:
       state.eligibility['strategist'] = _Eligibility(1, STRATEGIST_SPEC.max_hole_bars)
       task, params = self.models.strategist
-      state.strategist = strategist_state.StrategistState(task, params)
+      state.strategist = strategist_state.StrategistState(task, params,
+                                                          self.models.strategist_decode)
     state.ensemble = ensemble_state.EnsembleState(self.config)
     self.symbols[symbol] = state
     return state
@@ -230,16 +236,21 @@ class Decider:
                     warmup_remaining=self.warmup_remaining(symbol))
       return record
     signals: dict[str, Any] = {}
+    model_ms: dict[str, float] = {}
+    clock = time.perf_counter()
     if eligible.get('oracle'):
       signals.update(self._oracle(symbol, state, bar))
+      clock, model_ms['oracle'] = _lap(clock)
     if eligible.get('guardian'):
       signals.update(self._guardian(state))
+      clock, model_ms['guardian'] = _lap(clock)
     if state.strategist is not None:
       if eligible['strategist']:
         normalizer = state.strategist.task.normalizer
         normalized = normalizer.apply(features[None, None], features[None])[0, 0]
         signals.update(state.strategist.decide(
             normalized, float(features[_OPEN]), float(np.float32(bar.close)), bool(bar.observed)))
+        clock, model_ms['strategist'] = _lap(clock)
       else:
         state.strategist.skip()
     needed = ensemble.required_signals(self.config)
@@ -250,7 +261,8 @@ class Decider:
     record.update(
         status='ready' if available else ('warming_up' if remaining else 'no_signal'),
         target=target, available=available, warmup_remaining=remaining,
-        models={name: bool(eligible.get(name)) for name in ensemble.components(self.config)})
+        models={name: bool(eligible.get(name)) for name in ensemble.components(self.config)},
+        model_ms=model_ms)
     if 'action' in signals:
       record['action_name'] = trajectories.ACTIONS[signals['action']]
     return record

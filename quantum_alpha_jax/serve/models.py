@@ -5,8 +5,10 @@ per model of the ensemble, a runner of one window (batch 1):
 
 - the Oracle and the Guardian through onnxruntime (``backend='onnx'``, the default; one intra-op
   thread, sequential) or ``jax.jit`` of the run's inference function (``backend='jax'``);
-- the Strategist's task and params (its cached one-step decode runs in JAX: the ONNX file of the
-  export is the full-context model, which re-reads K steps per decision).
+- the Strategist's task and params, and its cached one-step decode: the export's
+  ``strategist_step`` through onnxruntime (``backend='onnx'``, when the export has it), else
+  ``DecisionTransformer.decode`` jitted (``serve/strategist_state.py`` keeps the account either
+  way).
 
 Before anything runs, :func:`check_entry` refuses an export whose feature order or normaliser is not
 what the feature stream produces (``data.features.FEATURES``, ``FEATURE_KINDS``, the normaliser
@@ -42,6 +44,7 @@ class WindowModel:
   spec: windows.WindowSpec
   metadata: Mapping[str, Any]
   backend: str
+  input_shapes: Mapping[str, tuple] = dataclasses.field(default_factory=dict)  # batch dim 'batch'
 
 
 @dataclasses.dataclass
@@ -53,6 +56,8 @@ class LoadedModels:
   strategist: tuple[Any, Any] | None
   manifest: Mapping[str, Any]
   directory: pathlib.Path
+  # 'jax', or the exported strategist_step's runner (serve/strategist_state.py StrategistState)
+  strategist_decode: Any = 'jax'
 
 
 def read_manifest(directory: str | pathlib.Path) -> dict[str, Any]:
@@ -186,8 +191,9 @@ def load_models(directory: str | pathlib.Path, *, backend: str = 'onnx',
         from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
         metadata['risk_thresholds'] = list(guardian.load(entry['source']['workdir'])[0]
                                            .risk_thresholds)
-    loaded[name] = WindowModel(name, run, normalizer, _spec(name, entry), metadata, backend)
-  strategist = None
+    loaded[name] = WindowModel(name, run, normalizer, _spec(name, entry), metadata, backend,
+                               {spec['name']: tuple(spec['shape']) for spec in entry['inputs']})
+  strategist, decode = None, 'jax'
   if 'strategist' in models and 'strategist' in entries:
     entry = entries['strategist']
     check_entry('strategist', entry, directory)
@@ -199,7 +205,15 @@ def load_models(directory: str | pathlib.Path, *, backend: str = 'onnx',
           f'{entry["source"]["workdir"]} has another normaliser than the export',
           're-export the run'))
     strategist = (task, params)
+    step = entries.get('strategist_step')
+    if backend == 'onnx' and step and 'onnx' in step.get('files', {}):
+      check_entry('strategist_step', step, directory)
+      if step['source']['workdir'] != entry['source']['workdir']:
+        raise SchemaError(describe(
+            f'export {directory}', 'strategist_step comes from another run than strategist',
+            're-export the Strategist run'))
+      decode = _onnx_runner(directory / step['files']['onnx']['path'], step)
   if not loaded and strategist is None:
     raise ConfigError(describe(f'export {directory}', f'holds none of {models}',
                                'export the Oracle, the Guardian or the Strategist'))
-  return LoadedModels(loaded, strategist, manifest, directory)
+  return LoadedModels(loaded, strategist, manifest, directory, decode)

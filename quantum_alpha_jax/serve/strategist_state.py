@@ -1,18 +1,24 @@
 """The Strategist's rollout one bar at a time: the cached one-step decode and the account.
 
-This is ``tasks/strategist.py`` ``_rollout_core`` unrolled for a stream: the same fill, reward,
-return token, state and decision per bar (``step`` there), the same episodes (K bars from the
-first bar of each run of usable bars, a fresh key/value cache, timestep 0 and the return token
-restarted at each episode's first bar, the account carried over), and the same restarts (a run
-that follows bars without a signal starts flat, as the backtest holds those bars flat). One
-symbol per :class:`StrategistState`; ``step`` is jitted once per task.
+This is ``tasks/strategist`` ``_rollout_core`` unrolled for a stream: the same fill, reward, return
+token, state and decision per bar (``step`` there), the same episodes (K bars from the first bar
+of each run of usable bars, a fresh key/value cache, timestep 0 and the return token restarted at
+each episode's first bar, the account carried over), and the same restarts (a run that follows
+bars without a signal starts flat, as the backtest holds those bars flat). One symbol per
+:class:`StrategistState`.
+
+Two decodes, one account: ``decode='jax'`` jits the whole bar (account, ``DecisionTransformer.
+decode`` with its slot cache, decision) as one function, as the batch rollout's scan body;
+``decode=<runner>`` calls an exported ``strategist_step`` (ONNX: ``decode_rolling``, the cache an
+explicit input and output) between two jitted halves that keep the account arithmetic the batch
+path's (``fills.fill_at_open`` and ``trajectories.next_position`` in XLA float32).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +29,13 @@ from quantum_alpha_jax.data import trajectories
 from quantum_alpha_jax.models import decision_transformer as dt
 
 
-def _step(task: Any, params: Any, cache: Any, account: tuple, token: jax.Array,
-          action: jax.Array, size: jax.Array, timestep: jax.Array, features: jax.Array,
-          bar_open: jax.Array, bar_close: jax.Array, bar_observed: jax.Array,
-          first_token: jax.Array) -> tuple:
-  """One bar of ``_rollout_core``'s ``step`` at batch 1 (a real bar: ``bar_valid`` True)."""
-  model, spec = task.model, task.spec
+def _before_decode(task: Any, account: tuple, token: jax.Array, timestep: jax.Array,
+                   features: jax.Array, bar_open: jax.Array, bar_close: jax.Array,
+                   bar_observed: jax.Array, first_token: jax.Array) -> tuple:
+  """Step 1-2 of ``_rollout_core``'s ``step``: fill the standing target at the open, mark the
+  close, the reward and the return token; the state ``[1, 45]`` holds the position held since the
+  open. Returns ``(account before the decision, new token, state)``."""
+  spec = task.spec
   fee_rate, slippage = spec.fee_rate, spec.slippage_bps / 10_000
   cash, units, held, equity, position, before = account
   (cash, units, held), _ = fills.fill_at_open(
@@ -40,24 +47,46 @@ def _step(task: Any, params: Any, cache: Any, account: tuple, token: jax.Array,
   new_token = jnp.where((timestep == 0) | (spec.condition_on == 'behaviour'), first_token,
                         (token - spec.rtg_scale * reward) / spec.discount)
   state = jnp.concatenate([features, held[:, None]], axis=-1)
-  heads, cache = model.apply({'params': params}, cache, timestep, new_token, state, action, size,
-                             method=model.decode)
-  chosen = jnp.argmax(heads['action_logits'], -1).astype(jnp.int32)
-  new_size = heads['size']
-  new_position = trajectories.next_position(position, chosen, new_size, spec.allow_short, xp=jnp)
+  return (cash, units, held, marked, position, position_before), new_token, state
+
+
+def _after_decode(task: Any, account: tuple, action_logits: jax.Array, size: jax.Array) -> tuple:
+  """Step 3's decision: greedy action, the new position, the canonical action and its size token.
+  Returns ``(account, action, size token, outputs [4]: action, size, held, position)``."""
+  spec = task.spec
+  cash, units, held, marked, position, position_before = account
+  chosen = jnp.argmax(action_logits, -1).astype(jnp.int32)
+  new_position = trajectories.next_position(position, chosen, size, spec.allow_short, xp=jnp)
   chosen = jnp.where(new_position == position, trajectories.HOLD, chosen)
   sized = (chosen == trajectories.BUY) | ((chosen == trajectories.SELL) & spec.allow_short)
   token_size = jnp.where(sized, jnp.abs(new_position), 0.0)
   account = (cash, units, held, marked, new_position, position_before)
   # One [4] array out (action, size, held, position): a single device-to-host copy per bar.
-  outputs = jnp.stack([chosen.astype(jnp.float32)[0], new_size[0], held[0], new_position[0]])
+  outputs = jnp.stack([chosen.astype(jnp.float32)[0], size[0], held[0], new_position[0]])
+  return account, chosen, token_size, outputs
+
+
+def _jax_step(task: Any, params: Any, cache: Any, account: tuple, token: jax.Array,
+              action: jax.Array, size: jax.Array, timestep: jax.Array, features: jax.Array,
+              bar_open: jax.Array, bar_close: jax.Array, bar_observed: jax.Array,
+              first_token: jax.Array) -> tuple:
+  """One bar of ``_rollout_core``'s ``step`` at batch 1 (a real bar) with the JAX decode."""
+  model = task.model
+  account, new_token, state = _before_decode(task, account, token, timestep, features, bar_open,
+                                             bar_close, bar_observed, first_token)
+  heads, cache = model.apply({'params': params}, cache, timestep, new_token, state, action, size,
+                             method=model.decode)
+  account, chosen, token_size, outputs = _after_decode(task, account, heads['action_logits'],
+                                                       heads['size'])
   return cache, account, new_token, chosen, token_size, outputs
 
 
 @functools.lru_cache(maxsize=8)
-def step_function(task: Any):
-  """``jax.jit`` of :func:`_step` for ``task`` (compiled once per task)."""
-  return jax.jit(functools.partial(_step, task))
+def _compiled(task: Any) -> tuple[Callable, Callable, Callable]:
+  """The jitted whole step (JAX decode) and the two halves around an exported decode, per task."""
+  return (jax.jit(functools.partial(_jax_step, task)),
+          jax.jit(functools.partial(_before_decode, task)),
+          jax.jit(functools.partial(_after_decode, task)))
 
 
 def _flat_account() -> tuple:
@@ -68,30 +97,32 @@ def _flat_account() -> tuple:
 @dataclasses.dataclass
 class StrategistState:
   """The rollout of one symbol: call :meth:`decide` at each usable bar, :meth:`skip` at a bar
-  without a signal (the next usable bar starts a new, flat run)."""
+  without a signal (the next usable bar starts a new, flat run). ``decode`` is ``'jax'`` or an
+  exported ``strategist_step`` runner ``run(timestep, rtg, state, previous_action, previous_size,
+  cache) -> {'action_logits', 'size', 'next_cache'}``."""
 
   task: Any
   params: Any
-  cache: Any = None
-  account: tuple = dataclasses.field(default_factory=_flat_account)
-  token: Any = None
-  action: Any = None
-  size: Any = None
+  decode: str | Callable[..., Mapping[str, np.ndarray]] = 'jax'
   timestep: int = 0
   in_run: bool = False
 
   def __post_init__(self):
     self.first_token = np.full((1,), self.task.conditioning_token(self.task.target_return),
                                np.float32)
-    self._step = step_function(self.task)
+    self._step, self._before, self._after = _compiled(self.task)
+    model = self.task.model
+    # Immutable zeros shared by every episode: the slot cache (JAX) or the rolling one (export).
+    self._empty_cache = (dt.initial_cache(model, 1, jnp.float32) if self.decode == 'jax'
+                         else np.zeros(dt.rolling_cache_shape(model, 1), np.float32))
+    self._empty = (jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.int32),
+                   jnp.zeros((1,), jnp.float32))
+    self.account = _flat_account()
     self._reset_episode()
 
   def _reset_episode(self) -> None:
-    if not hasattr(self, '_empty'):  # jax arrays are immutable: one set of zeros serves every episode
-      self._empty = (dt.initial_cache(self.task.model, 1, jnp.float32),
-                     jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.int32),
-                     jnp.zeros((1,), jnp.float32))
-    self.cache, self.token, self.action, self.size = self._empty
+    self.cache = self._empty_cache
+    self.token, self.action, self.size = self._empty
     self.timestep = 0
 
   def skip(self) -> None:
@@ -109,11 +140,20 @@ class StrategistState:
     elif self.timestep == self.task.model.context_length:  # Next episode: the account carries on.
       self._reset_episode()
     # numpy inputs: jit converts them on the way in, without one dispatched op per array.
-    self.cache, self.account, self.token, self.action, self.size, outputs = self._step(
-        self.params, self.cache, self.account, self.token, self.action, self.size,
-        np.int32(self.timestep), np.asarray(features, np.float32).reshape(1, -1),
-        np.full((1,), bar_open, np.float32), np.full((1,), bar_close, np.float32),
-        np.full((1,), observed, bool), self.first_token)
+    bar = (np.int32(self.timestep), np.asarray(features, np.float32).reshape(1, -1),
+           np.full((1,), bar_open, np.float32), np.full((1,), bar_close, np.float32),
+           np.full((1,), observed, bool), self.first_token)
+    if self.decode == 'jax':
+      self.cache, self.account, self.token, self.action, self.size, outputs = self._step(
+          self.params, self.cache, self.account, self.token, self.action, self.size, *bar)
+    else:
+      account, self.token, state = self._before(self.account, self.token, *bar)
+      heads = self.decode(np.full((1,), self.timestep, np.int32), np.asarray(self.token),
+                          np.asarray(state), np.asarray(self.action), np.asarray(self.size),
+                          self.cache)
+      self.cache = heads['next_cache']
+      self.account, self.action, self.size, outputs = self._after(
+          account, heads['action_logits'], heads['size'])
     self.timestep += 1
     action, size, held, position = (float(value) for value in np.asarray(outputs))
     return {'action': int(action), 'size': size, 'held_position': held,
