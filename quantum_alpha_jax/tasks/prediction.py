@@ -2,7 +2,7 @@
 forward pass, one batch dispatched ahead of the one being read back.
 
 Evaluation, per-bar signals and saved-run scoring all read a model's outputs over a list of
-window anchors. Padding the last batch to the full size (anchor -1, ``mask`` 0) keeps a single
+window anchors (or of episodes: any source with ``anchors`` and ``gather``, -1 for padding). Padding the last batch to the full size (anchor -1, ``mask`` 0) keeps a single
 compiled shape; dispatch is asynchronous, so the next batch is gathered on the host while the
 device computes the current one.
 """

@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from quantum_alpha_jax.data import trajectories
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.evaluate import regime as classification
+from quantum_alpha_jax.tasks import prediction
 from quantum_alpha_jax.tasks.strategist.rollout import Rollout
 from quantum_alpha_jax.tasks.strategist.task import StrategistTask
 
@@ -137,15 +137,12 @@ def teacher_forced_imitation(task: StrategistTask, params: Any, arrays: windows.
     episodes['condition'] = np.full(len(starts), task.target_return or 0.0, np.float32)
   source = trajectories.TrajectorySource(arrays, spec, episodes, task.normalizer, rows, 'oracle')
   true, predicted = [], []
-  size = min(batch_size, len(source))
-  for begin in range(0, len(source), size):
-    indices = np.full(size, -1, np.int64)  # one batch shape: the last batch is padded
-    chunk = source.anchors[begin:begin + size]
-    indices[:len(chunk)] = chunk
-    batch = source.gather(indices)
-    inputs = {k: jnp.asarray(batch[k]) for k in ('rtg', 'states', 'actions', 'sizes', 'timesteps')}
-    predicted.append(np.asarray(task.predict_actions(params, inputs))[:len(chunk)].reshape(-1))
-    true.append(batch['actions'][:len(chunk)].reshape(-1))
+  # One batch shape (the last batch padded) through the jitted teacher-forced pass.
+  for batch, outputs in prediction.predict_batches(
+      lambda p, inputs: {'actions': task.predict_actions(p, inputs)}, params, source, batch_size,
+      inputs=('rtg', 'states', 'actions', 'sizes', 'timesteps')):
+    predicted.append(outputs['actions'].reshape(-1))
+    true.append(batch['actions'].reshape(-1))
   true, predicted = np.concatenate(true), np.concatenate(predicted)
   report = {name: classification.classification_metrics(true, values, trajectories.ACTIONS)
             for name, values in (('strategist', predicted), ('always_hold', np.zeros_like(true)))}

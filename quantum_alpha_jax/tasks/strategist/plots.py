@@ -5,16 +5,18 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Mapping, Sequence
 
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+
+from quantum_alpha_jax import artifacts
 
 
 def plot_conditioning_curve(curve: Sequence[Mapping[str, Any]], train_quantiles: Mapping[str, float],
                             path: str | pathlib.Path) -> pathlib.Path:
   """Realised vs conditioning return (per episode, %), with the identity line."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
   path = pathlib.Path(path)
   targets = np.array([entry['target_return'] for entry in curve]) * 100
   realised = np.array([np.nan if entry['mean_realised_return'] is None
@@ -38,7 +40,5 @@ def plot_conditioning_curve(curve: Sequence[Mapping[str, Any]], train_quantiles:
   axes[1].set_ylabel('backtest total return (%, mean over symbols)')
   axes[1].set_title('Whole-period backtest (fees 0.1%, next-open fills)')
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return path
+  return artifacts.save_figure(figure, path, dpi=110)
 
