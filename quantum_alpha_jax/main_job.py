@@ -21,6 +21,7 @@ from typing import Any, Callable
 from absl import logging
 import ml_collections
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax import errors
 from quantum_alpha_jax import side_by_side
 from quantum_alpha_jax.backtest import experiment as backtest
@@ -30,7 +31,6 @@ from quantum_alpha_jax.evaluate import yardstick
 from quantum_alpha_jax.tasks import guardian
 from quantum_alpha_jax.tasks import oracle
 from quantum_alpha_jax.tasks import strategist
-from quantum_alpha_jax.train import writers
 
 STAGES = 7
 MODELS = (('oracle', oracle), ('guardian', guardian), ('strategist', strategist))
@@ -107,9 +107,9 @@ def run(config: ml_collections.ConfigDict, root: str | pathlib.Path,
         export_config.models[name] = str(workdirs[name]) if name in workdirs else ''
     logging.info('Stage 7/%d: export in %s', STAGES, root / export_config.name)
     echo('\n' + export.format_summary(export.run(export_config, root / export_config.name)))
-  summary['yardstick_png'] = str(writers.save_figure(yardstick.plot_yardstick(rows),
+  summary['yardstick_png'] = str(artifacts.save_figure(yardstick.plot_yardstick(rows),
                                                     root / 'yardstick.png'))
-  summary['summary_json'] = str(writers.write_json(root / 'summary.json', summary))
+  summary['summary_json'] = str(artifacts.write_json(root / 'summary.json', summary))
   (root / 'summary.md').write_text(f'# Main job\n\n```\n{table}\n```\n')
   echo(f'\n{table}\n\nSummary: {summary["summary_json"]}\nReport: {summary["backtest_report"]}'
        f'\nTensorBoard: tensorboard --logdir {root}')
