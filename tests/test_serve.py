@@ -170,7 +170,7 @@ def test_streaming_equals_batch_bar_for_bar(real_run, streamed):
   np.testing.assert_allclose(ours, batch, rtol=0, atol=POSITION_TOLERANCE)
   assert (ours == batch).mean() > 0.95
   # Not a flat coincidence: the ensemble trades on many bars, with many position sizes.
-  assert (batch > 0).sum() > 0.05 * len(batch) and len(np.unique(batch)) > 20
+  assert (batch > 0).sum() >= 30 and len(np.unique(batch)) > 20
   after = merged['timestamp'] >= real_run.start
   for name in SIGNALS:
     ours, theirs = merged.loc[after, name].to_numpy(float), merged.loc[after, f'{name}_batch']
@@ -329,7 +329,7 @@ def _write_csv(path: pathlib.Path, frame: pd.DataFrame) -> None:
 def test_replay_follow_and_restart_write_the_same_whole_lines(real_run, tmp_path):
   from quantum_alpha_jax.serve import replay  # pylint: disable=g-import-not-at-top
   klines = raw_klines('BTCUSDT').iloc[:440]
-  csv = tmp_path / 'BTCUSDT-5m.csv'
+  csv = tmp_path / 'BTCUSDT-5m-2023-05.csv'
   _write_csv(csv, klines)
   decider, _ = _short_run(real_run)
   summary = replay.serve(decider, [csv], tmp_path / 'replayed.jsonl')
@@ -338,7 +338,7 @@ def test_replay_follow_and_restart_write_the_same_whole_lines(real_run, tmp_path
   # Follow: the file grows; a half-written last line waits for its newline.
   text = csv.read_bytes()
   cut = text.index(b'\n', len(text) // 2) + 20
-  grow = tmp_path / 'BTCUSDT-5m-live.csv'
+  grow = tmp_path / 'BTCUSDT-5m-2023-06.csv'
   grow.write_bytes(text[:cut])
   follower = replay.LineFollower(grow)
   first = follower.poll()
@@ -366,14 +366,17 @@ def test_replay_follow_and_restart_write_the_same_whole_lines(real_run, tmp_path
   decider, _ = _short_run(real_run)
   summary = replay.serve(decider, [csv], tmp_path / 'bad.jsonl')
   records = [json.loads(line) for line in (tmp_path / 'bad.jsonl').read_text().splitlines()]
-  assert summary['rejected'] == 1 and summary['bars'] == 439
+  # 439 bars pushed, and the refused bar's slot filled like a one-bar hole (observed=False).
+  assert summary['rejected'] == 1 and summary['bars'] == 440
   rejected = [r for r in records if r['status'] == 'rejected']
   assert len(rejected) == 1 and rejected[0]['reason'] == 'non_finite'
+  assert [r['observed'] for r in records if r.get('time', '').startswith('2023-05-20T16:40')] == [
+      False]
 
 
 def test_the_entry_point_writes_decisions(real_run, tmp_path):
   klines = raw_klines('ETHUSDT').iloc[:20]
-  path = tmp_path / 'ETHUSDT-5m.csv'
+  path = tmp_path / 'ETHUSDT-5m-2023-05.csv'
   _write_csv(path, klines)
   out = tmp_path / 'decisions.jsonl'
   result = subprocess.run(
