@@ -418,3 +418,17 @@ def test_continual_vs_frozen_names_the_direction_over_the_later_periods(
   assert line.startswith(f'continual {word} ')
   if word != 'tied':
     assert f'by {abs(mean):.4g}:' in line
+
+
+def test_models_plug_in_through_the_task_registry():
+  """The cycle finds a model by name in tasks/registry: the fifth head (linear) needs no change in
+  ship/update; a model that reads no windows, and an unknown name, are refused naming the fix."""
+  from quantum_alpha_jax.ship.update import adapters  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import linear  # pylint: disable=g-import-not-at-top
+  adapter = adapters.model_adapter('linear')
+  assert adapter.make_task is linear.ENTRY.make_task
+  assert adapter.window_spec is linear.window_spec
+  with pytest.raises(ConfigError, match=r"'strategist' reads no windows.*use one of .*linear"):
+    adapters.model_adapter('strategist')
+  with pytest.raises(ConfigError, match='unknown model'):
+    adapters.model_adapter('transformer')

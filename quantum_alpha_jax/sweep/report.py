@@ -126,7 +126,7 @@ def test_report(config: ml_collections.ConfigDict, trial_dir: pathlib.Path,
   module = study_lib.task_module(config.model)
   if hasattr(module, 'evaluate_test'):
     return module.evaluate_test(trial_dir, out)
-  from quantum_alpha_jax.evaluate import saved  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.tasks import saved  # pylint: disable=g-import-not-at-top
   evaluation = ml_collections.ConfigDict({
       'model': config.model, 'checkpoint': str(trial_dir), 'data': '', 'start': '', 'end': '',
       'allow_validation': False, 'max_windows': int(config.test_max_windows),

@@ -41,13 +41,17 @@ PRUNERS = ('median', 'hyperband', 'none')
 
 
 def task_module(model: str):
-  """``quantum_alpha_jax.tasks.<model>``, or ``model`` itself when it is a dotted module path."""
-  name = model if '.' in model else f'quantum_alpha_jax.tasks.{model}'
+  """What a trial runs: the registered model ``model`` (its entry's ``run``; ``tasks/registry``),
+  or, for a dotted module path, that module (its ``run`` and optional ``evaluate_test``)."""
+  if '.' not in model:
+    from quantum_alpha_jax.tasks import registry  # pylint: disable=g-import-not-at-top (jax)
+    return registry.get(model)
   try:
-    return importlib.import_module(name)
+    return importlib.import_module(model)
   except ModuleNotFoundError:
-    raise ConfigError(describe('config.model', f'no task module {name!r}',
-                               'use oracle, lstm, guardian or strategist')) from None
+    raise ConfigError(describe('config.model', f'no task module {model!r}',
+                               'use a registered model (oracle, lstm, guardian, strategist, '
+                               'linear) or a dotted module path with run()')) from None
 
 
 def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
