@@ -18,21 +18,39 @@ bf16 on GPU/TPU) on that batch, already on the device, so that the loader is out
   from the vendors' data sheets, times the number of devices). The dense bf16 matmul rate of one
   device measured in the same run is printed beside it, and the fraction of it reached;
 - peak device memory: ``device.memory_stats()['peak_bytes_in_use']`` (each model runs in its own
-  child process, so the peak is that model's). The CPU backend returns no memory stats (None).
+  child process, so the peak is that model's). The CPU backend returns no memory stats (None);
+- projected hours of the seed's full training (:func:`project_training`): the seed config's steps
+  (``num_steps``, else ``num_epochs`` x steps per epoch) x the step time, plus its periodic
+  validation (every ``eval_every_steps``, else once per epoch; ``max_eval_batches`` batches, else
+  the whole split) x the eval step time, timed the same way. Steps per epoch come from the seed's
+  train split: the windows (episodes for the Strategist) counted in the six-week data, extrapolated
+  to the seed's split length (the market is gapless, so a split of B bars per symbol yields
+  ``(B - edge) / stride`` windows, the edge bars measured). It is the whole configured run: early
+  stopping (``patience``) can end it sooner; the loader, checkpoints and the rollout evaluation
+  after training are not in it. The Strategist's figure assumes
+  ``--config.train.accumulation_steps=1`` (how it is stepped here).
+
+The script keeps to a time budget (``--budget_seconds``, 270 by default, for the 5 minutes one
+H100 is given): the timed steps of a model stop after ``--max_timed_seconds``, each child gets the
+time left as its timeout, a model that no longer fits is skipped with a line saying so, and the
+elapsed time is printed at the end.
 
 Without a GPU or TPU the script says so and stops, unless ``--allow-cpu``: then it runs the same
 measurement on the CPU (float32, no peak FLOP/s figure, memory stats None), which tests the script
 end to end.
 
   python -m benchmarks.gpu [--models=oracle,lstm,guardian,strategist] [--steps=20] [--allow-cpu]
+      [--budget_seconds=270] [--json=FILE]
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from typing import Any, Mapping, Sequence
@@ -52,6 +70,10 @@ PEAK_BF16_TFLOPS = (
 _MODELS = flags.DEFINE_list('models', list(MODELS), f'Models to measure, some of {MODELS}.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps per model.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after the compile.')
+_MAX_TIMED = flags.DEFINE_float('max_timed_seconds', 20.0, 'Stop timing a model\'s train (and '
+                                'eval) steps after this many seconds, even before --steps.')
+_BUDGET = flags.DEFINE_float('budget_seconds', 270.0, 'Wall-clock budget of the whole script: '
+                             'models that no longer fit are skipped.')
 _ALLOW_CPU = flags.DEFINE_bool('allow-cpu', False, 'Measure on the CPU when no GPU/TPU is present.')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0, 'Side of the bf16 matmul (0: 8192 on an '
                                     'accelerator, 2048 on the CPU).')
@@ -74,23 +96,87 @@ def synthetic_frames(start: str = '2024-01-01', end: str = '2024-02-12') -> dict
           synthetic.generate_market(('BTCUSDT', 'ETHUSDT'), start=start, end=end).items()}
 
 
-def seed_config(model: str, store_dir: str):
-  """``configs/<model>.py`` at the seed (``''``) variant, its data splits cut to six weeks."""
+MEASURED_SPLITS = {'train': ('2024-01-01', '2024-01-29'), 'validation': ('2024-01-29', '2024-02-05'),
+                   'test': ('2024-02-05', '2024-02-12')}
+BAR_MINUTES = 5
+
+
+def full_seed_config(model: str):
+  """``configs/<model>.py`` at the seed (``''``) variant, as a full training run reads it."""
   import importlib  # pylint: disable=g-import-not-at-top
   if model not in MODELS:
     from quantum_alpha_jax.errors import ConfigError, describe  # pylint: disable=g-import-not-at-top
     raise ConfigError(describe('--models', f'unknown model {model!r}', f'use some of {MODELS}'))
-  config = importlib.import_module(f'configs.{model}').get_config('')
+  return importlib.import_module(f'configs.{model}').get_config('')
+
+
+def seed_config(model: str, store_dir: str):
+  """``configs/<model>.py`` at the seed (``''``) variant, its data splits cut to six weeks."""
+  config = full_seed_config(model)
   config.data.store_dir = store_dir
-  config.data.splits.update(train=('2024-01-01', '2024-01-29'),
-                            validation=('2024-01-29', '2024-02-05'),
-                            test=('2024-02-05', '2024-02-12'))
+  config.data.splits.update(**MEASURED_SPLITS)
   return config
 
 
-def task_and_batch(model: str, config, frames: Mapping[str, Any]
-                   ) -> tuple[Any, dict[str, Any]]:
-  """The model's task (as its ``run`` builds it) and one real training batch (numpy)."""
+def split_bars(split: Sequence[str]) -> int:
+  """5-minute bars per symbol in a ``(start, end)`` split of a gapless market."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  start, end = (pd.Timestamp(value) for value in split)
+  return int((end - start) / pd.Timedelta(minutes=BAR_MINUTES))
+
+
+def window_strides(model: str, config) -> tuple[int, int]:
+  """Bars between consecutive windows of one symbol, ``(train, validation)``: 1 for the window
+  models; the Strategist's episode strides (``evaluation_stride`` 0 = one context apart)."""
+  if model != 'strategist':
+    return 1, 1
+  return (int(config.trajectories.stride),
+          int(config.trajectories.evaluation_stride or config.model.context_length))
+
+
+def extrapolate_windows(measured_windows: int, measured_bars: int, bars: int, symbols: int,
+                        stride: int) -> int:
+  """Windows of a split of ``bars`` per symbol, from a measured split of the same kind: each
+  symbol loses a constant ``edge`` of bars (window length, warm-up, purge) and keeps one window
+  per ``stride`` of the rest."""
+  edge = measured_bars - measured_windows * stride / symbols
+  return max(0, int(round(symbols * (bars - edge) / stride)))
+
+
+def project_training(config, row: Mapping[str, Any]) -> dict[str, Any]:
+  """Projected wall time of the seed's full training from a measured ``row`` (:func:`measure`):
+  ``total_steps x step_seconds + evaluations x eval_batches x eval_step_seconds`` (the module
+  docstring; ``config`` is the full seed config)."""
+  train = config.train
+  batch = int(train.batch_size)
+  symbols = int(row['symbols'])
+  train_windows = extrapolate_windows(row['train_windows'], row['measured_train_bars'],
+                                      split_bars(config.data.splits.train), symbols,
+                                      row['train_stride'])
+  validation_windows = extrapolate_windows(
+      row['validation_windows'], row['measured_validation_bars'],
+      split_bars(config.data.splits.validation), symbols, row['validation_stride'])
+  steps_per_epoch = train_windows // batch
+  total_steps = (int(train.num_steps) if train.num_steps > 0
+                 else int(train.num_epochs) * steps_per_epoch)
+  eval_every = int(train.eval_every_steps) or steps_per_epoch
+  evaluations = total_steps // eval_every + (1 if total_steps % eval_every else 0)
+  eval_batches = math.ceil(validation_windows / batch)
+  if train.max_eval_batches > 0:
+    eval_batches = min(eval_batches, int(train.max_eval_batches))
+  train_seconds = total_steps * row['step_seconds']
+  eval_seconds = evaluations * eval_batches * row['eval_step_seconds']
+  return {'train_windows': train_windows, 'validation_windows': validation_windows,
+          'steps_per_epoch': steps_per_epoch, 'total_steps': total_steps,
+          'evaluations': evaluations, 'eval_batches': eval_batches,
+          'train_hours': train_seconds / 3600, 'eval_hours': eval_seconds / 3600,
+          'projected_hours': (train_seconds + eval_seconds) / 3600}
+
+
+def task_and_batch(model: str, config, frames: Mapping[str, Any], with_data: bool = False
+                   ) -> tuple[Any, dict[str, Any]] | tuple[Any, dict[str, Any], Mapping[str, Any]]:
+  """The model's task (as its ``run`` builds it) and one real training batch (numpy); with
+  ``with_data`` also the split data (``{split: SplitData}``)."""
   # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.tasks import guardian, lstm, oracle, strategist
   from quantum_alpha_jax.train import data as data_lib
@@ -106,7 +192,8 @@ def task_and_batch(model: str, config, frames: Mapping[str, Any]
     task = (lstm.LSTMTask if model == 'lstm' else oracle.OracleTask).from_config(config)
     data, _ = data_lib.make_split_data(config.data, oracle.window_spec(config),
                                        config.train.batch_size, 0, frames=frames)
-  return task, next(data['train'].iterator())
+  batch = next(data['train'].iterator())
+  return (task, batch, data) if with_data else (task, batch)
 
 
 def flops_of(compiled) -> float:
@@ -121,16 +208,37 @@ def memory_stats() -> dict[str, Any] | None:
   return jax.local_devices()[0].memory_stats()
 
 
+def timed_median(function, steps: int, max_seconds: float) -> tuple[float, int]:
+  """The median wall time of up to ``steps`` calls of ``function()`` (each ended by
+  ``block_until_ready`` inside it), stopping after ``max_seconds``; and how many ran."""
+  times = []
+  started = time.perf_counter()
+  while len(times) < max(1, steps) and (not times or time.perf_counter() - started < max_seconds):
+    begin = time.perf_counter()
+    function()
+    times.append(time.perf_counter() - begin)
+  return statistics.median(times), len(times)
+
+
 def measure(model: str, steps: int, warmup: int, frames: Mapping[str, Any] | None = None,
-            config=None) -> dict[str, Any]:
-  """Compiles and times ``model``'s train step (see the module docstring)."""
+            config=None, max_timed_seconds: float = 20.0) -> dict[str, Any]:
+  """Compiles and times ``model``'s train and eval steps (see the module docstring)."""
   import jax  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as store_dir:
     config = seed_config(model, store_dir) if config is None else config
-    task, batch = task_and_batch(model, config, synthetic_frames() if frames is None else frames)
+    task, batch, data = task_and_batch(model, config,
+                                       synthetic_frames() if frames is None else frames,
+                                       with_data=True)
+    train_stride, validation_stride = window_strides(model, config)
+    windows = {'train_windows': int(data['train'].num_windows),
+               'validation_windows': int(data['validation'].num_windows),
+               'measured_train_bars': split_bars(config.data.splits.train),
+               'measured_validation_bars': split_bars(config.data.splits.validation),
+               'symbols': len(config.data.symbols), 'train_stride': train_stride,
+               'validation_stride': validation_stride}
   dtype_name = step_lib.resolve_compute_dtype(config.train.compute_dtype)
   mesh = step_lib.make_mesh()
   optimizer, schedule = state_lib.make_optimizer(config.train.optimizer, 10_000)
@@ -138,8 +246,9 @@ def measure(model: str, steps: int, warmup: int, frames: Mapping[str, Any] | Non
   state = step_lib.replicate(
       state_lib.TrainState.create(params, optimizer, jax.random.PRNGKey(1)), mesh)
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-  train_step = step_lib.make_train_step(task.loss_fn, optimizer, schedule, mesh,
-                                        dtype=step_lib.COMPUTE_DTYPES[dtype_name])
+  dtype = step_lib.COMPUTE_DTYPES[dtype_name]
+  train_step = step_lib.make_train_step(task.loss_fn, optimizer, schedule, mesh, dtype=dtype)
+  eval_step = step_lib.make_eval_step(task.loss_fn, mesh, dtype=dtype)
   sharded = step_lib.shard_batch(batch, mesh)
   started = time.perf_counter()
   compiled = train_step.lower(state, sharded).compile()
@@ -148,19 +257,25 @@ def measure(model: str, steps: int, warmup: int, frames: Mapping[str, Any] | Non
   for _ in range(warmup):
     state, metrics = compiled(state, sharded)
   jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    started = time.perf_counter()
+
+  def one_step():
+    nonlocal state, metrics
     state, metrics = compiled(state, sharded)
     jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - started)
-  step_seconds = statistics.median(times)
+
+  step_seconds, timed_steps = timed_median(one_step, steps, max_timed_seconds)
+  compiled_eval = eval_step.lower(state.params, sharded).compile()
+  jax.block_until_ready(compiled_eval(state.params, sharded))  # warm-up
+  eval_step_seconds, _ = timed_median(
+      lambda: jax.block_until_ready(compiled_eval(state.params, sharded)), steps,
+      max_timed_seconds / 2)
   batch_size = int(len(batch['mask']))
   stats = memory_stats()
   return {'model': model, 'backend': jax.default_backend(),
           'device_kind': jax.local_devices()[0].device_kind, 'num_devices': mesh.size,
           'compute_dtype': dtype_name, 'batch_size': batch_size, 'num_params': num_params,
           'compile_seconds': compile_seconds, 'step_seconds': step_seconds,
+          'timed_steps': timed_steps, 'eval_step_seconds': eval_step_seconds, **windows,
           'samples_per_second': batch_size / step_seconds, 'flops_per_step': flops,
           'achieved_tflops': flops / step_seconds / 1e12, 'loss': float(metrics['loss']),
           'finite': float(metrics['finite']),
@@ -175,8 +290,9 @@ def matmul_tflops(size: int, dtype: str = 'bfloat16') -> float:
 
 def format_table(rows: Sequence[Mapping[str, Any]], peak: float | None, matmul: float) -> str:
   lines = ['| model | dtype | batch | step ms (median) | samples/s | GFLOP/step (XLA) | '
-           'TFLOP/s | MFU vs peak | of measured matmul | peak device MiB |',
-           '|' + '---|' * 10]
+           'TFLOP/s | MFU vs peak | of measured matmul | peak device MiB | seed run: steps '
+           '| seed run: projected hours (train + eval) |',
+           '|' + '---|' * 12]
   for row in rows:
     achieved = row['achieved_tflops']
     mfu = f'{achieved / peak:.1%}' if peak else 'n/a (no peak for this device)'
@@ -185,7 +301,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], peak: float | None, matmul: 
     lines.append(f'| {row["model"]} | {row["compute_dtype"]} | {row["batch_size"]} | '
                  f'{row["step_seconds"] * 1e3:.1f} | {row["samples_per_second"]:.0f} | '
                  f'{row["flops_per_step"] / 1e9:.1f} | {achieved:.3f} | {mfu} | '
-                 f'{achieved / matmul:.1%} | {memory} |')
+                 f'{achieved / matmul:.1%} | {memory} | {row["total_steps"]:,} '
+                 f'| {row["projected_hours"]:.2f} ({row["train_hours"]:.2f} + '
+                 f'{row["eval_hours"]:.2f}) |')
   return '\n'.join(lines)
 
 
@@ -193,8 +311,10 @@ def main(argv: Sequence[str]) -> None:
   del argv
   if _MODEL.value:
     from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
-    side_by_side.emit(measure(_MODEL.value, _STEPS.value, _WARMUP.value))
+    side_by_side.emit(measure(_MODEL.value, _STEPS.value, _WARMUP.value,
+                              max_timed_seconds=_MAX_TIMED.value))
     return
+  started = time.perf_counter()
   import jax  # pylint: disable=g-import-not-at-top
   backend = jax.default_backend()
   if backend == 'cpu':
@@ -218,25 +338,46 @@ def main(argv: Sequence[str]) -> None:
         f'{matmul:.3f} TFLOP/s', flush=True)
   from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
   environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  rows = []
+  rows, skipped = [], []
   for model in _MODELS.value:
+    left = _BUDGET.value - (time.perf_counter() - started)
+    if left < 10:
+      skipped.append(model)
+      print(f'{model}: skipped, {_BUDGET.value:.0f} s budget spent (--budget_seconds)', flush=True)
+      continue
     # One child per model: the device's peak-memory counter then belongs to that model alone.
-    row = side_by_side.run_child(
-        ['-m', 'benchmarks.gpu', f'--child={model}', f'--steps={_STEPS.value}',
-         f'--warmup={_WARMUP.value}'], environment)
+    try:
+      row = side_by_side.run_child(
+          ['-m', 'benchmarks.gpu', f'--child={model}', f'--steps={_STEPS.value}',
+           f'--warmup={_WARMUP.value}', f'--max_timed_seconds={_MAX_TIMED.value}'], environment,
+          timeout=left)
+    except subprocess.TimeoutExpired:
+      skipped.append(model)
+      print(f'{model}: stopped after {left:.0f} s, the rest of the --budget_seconds', flush=True)
+      continue
+    row.update(project_training(full_seed_config(model), row))
     rows.append(row)
-    print(f'{model}: {row["step_seconds"] * 1e3:.1f} ms/step, '
-          f'{row["samples_per_second"]:.0f} samples/s', flush=True)
+    print(f'{model}: {row["step_seconds"] * 1e3:.1f} ms/step ({row["timed_steps"]} timed), '
+          f'{row["samples_per_second"]:.0f} samples/s; seed run {row["total_steps"]:,} steps '
+          f'({row["steps_per_epoch"]:,}/epoch) + {row["evaluations"]} x {row["eval_batches"]} eval '
+          f'batches = {row["projected_hours"]:.2f} h; child {row["wall_seconds"]:.0f} s',
+          flush=True)
   print(format_table(rows, peak, matmul))
+  print('Projected hours: the seed config\'s whole run (steps x step time + its periodic '
+        'validation x eval step time); early stopping can end it sooner; loader, checkpoints and '
+        'the post-training evaluation excluded. Strategist: with accumulation_steps=1.')
   if backend == 'cpu':
     print('CPU: peak FLOP/s unknown (MFU n/a); the CPU backend returns no memory stats (None).')
   print('FLOPs: XLA cost analysis counts a while-loop body once, so the Oracle and LSTM '
         '(lax.scan recurrences) figures are lower bounds.')
+  elapsed = time.perf_counter() - started
+  print(f'elapsed {elapsed:.0f} s (budget {_BUDGET.value:.0f} s)'
+        + (f'; skipped: {", ".join(skipped)}' if skipped else ''))
   if _JSON.value:
     with open(_JSON.value, 'w') as handle:
       json.dump({'peak_tflops_per_device': peak_one, 'matmul_tflops': matmul,
-                 'matmul_dtype': matmul_dtype, 'rows': rows},
-                handle, indent=2)
+                 'matmul_dtype': matmul_dtype, 'rows': rows, 'skipped': skipped,
+                 'elapsed_seconds': elapsed}, handle, indent=2)
 
 
 if __name__ == '__main__':

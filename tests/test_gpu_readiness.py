@@ -3,6 +3,13 @@ step, and the Oracle/Guardian/Strategist losses staying finite in bf16."""
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,3 +108,37 @@ def test_loss_fns_train_in_bfloat16_without_nan(model, frames, tmp_path):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params)
              if jnp.issubdtype(x.dtype, jnp.floating))
   assert losses[-1]['loss'] != losses[0]['loss']
+
+
+def _bars(split) -> float:
+  start, end = (datetime.datetime.fromisoformat(day) for day in split)
+  return (end - start).total_seconds() / 300  # 5-minute bars per symbol
+
+
+def test_gpu_script_runs_end_to_end_on_cpu_and_projects_the_seed_run(tmp_path):
+  """``python -m benchmarks.gpu --allow-cpu`` for the Guardian: the row, the elapsed time, and the
+  projected hours equal to the seed run's steps (epochs x windows / batch, from the calendar) x
+  step time plus one validation pass per epoch x eval step time (edge windows: within 1%)."""
+  output = tmp_path / 'gpu.json'
+  completed = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.gpu', '--allow-cpu', '--models=guardian', '--steps=1',
+       '--warmup=0', '--max_timed_seconds=1', '--budget_seconds=3000',
+       f'--json={output}'],
+      capture_output=True, text=True, timeout=900, check=False,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert 'projected hours' in completed.stdout and 'elapsed' in completed.stdout
+  result = json.loads(output.read_text())
+  assert result['skipped'] == [] and result['elapsed_seconds'] > 0
+  (row,) = result['rows']
+  assert row['model'] == 'guardian' and row['step_seconds'] > 0 and row['eval_step_seconds'] > 0
+  config = guardian_config.get_config('')
+  symbols, batch = len(config.data.symbols), config.train.batch_size
+  assert config.train.num_steps == 0 and config.train.eval_every_steps == 0  # once per epoch
+  assert config.train.max_eval_batches == 0  # the whole validation split
+  steps = config.train.num_epochs * (symbols * _bars(config.data.splits.train) // batch)
+  eval_batches = math.ceil(symbols * _bars(config.data.splits.validation) / batch)
+  expected = (steps * row['step_seconds']
+              + config.train.num_epochs * eval_batches * row['eval_step_seconds']) / 3600
+  assert row['projected_hours'] == pytest.approx(expected, rel=0.01)
+  assert row['total_steps'] == pytest.approx(steps, rel=0.01)
