@@ -91,3 +91,16 @@ def test_load_round_trips_and_signals_are_causal(linear_run, learnable_market):
                                                 progress=False), task, params, data['test'], 64)
   with pytest.raises(ConfigError, match="describes a 'linear' model"):
     oracle.load(workdir)
+
+
+def test_the_backtest_takes_a_linear_run_in_the_oracles_place(linear_run):
+  """The backtest finds a run's own model in the registry: a linear run fills the Oracle's role
+  (same signal columns); it cannot stand for the Guardian, whose signals differ."""
+  from quantum_alpha_jax.backtest import experiment as backtest  # pylint: disable=g-import-not-at-top
+  workdir, _ = linear_run
+  assert backtest.run_model(workdir, 'oracle') == 'linear'
+  assert backtest.run_model(workdir.parent / 'nothing-here', 'oracle') == 'oracle'
+  _, _, config = registry.get('linear').load(workdir)
+  with pytest.raises(ConfigError, match=r"a linear run, whose signals .* cannot stand for the "
+                                        r"guardian"):
+    backtest.model_signals('guardian', workdir, config.data, 'test')

@@ -26,6 +26,7 @@ the ensemble (equity, drawdown, positions over price, monthly returns).
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any, Mapping
 
@@ -66,15 +67,36 @@ def _check_workdir(name: str, workdir: pathlib.Path) -> None:
         f'--workdir={workdir}), or set --config.checkpoints.{name}="" to leave it out'))
 
 
+def run_model(workdir: str | pathlib.Path, role: str) -> str:
+  """The registered model of the run in ``workdir`` (its ``results.json``'s ``model``), or
+  ``role`` for a run that has none yet."""
+  path = pathlib.Path(workdir) / 'results.json'
+  if path.is_file():
+    try:
+      return str(json.loads(path.read_text()).get('model') or role)
+    except json.JSONDecodeError:
+      return role
+  return role
+
+
 def model_signals(name: str, workdir: str | pathlib.Path, data_config: ml_collections.ConfigDict,
                   split: str, *, batch_size: int = 1024, progress: bool = True) -> pd.DataFrame:
-  """The per-bar signals of the model saved in ``workdir`` over ``split`` of ``data_config``."""
+  """The per-bar signals of the run saved in ``workdir`` over ``split`` of ``data_config``, for
+  the ensemble's role ``name``. Any registered model whose signals have the role's columns fills
+  it: an LSTM or linear forecaster's run in the Oracle's place, found by its own name
+  (:func:`run_model`) in the task registry."""
   if name not in ensemble.COMPONENTS:
     raise errors.ConfigError(errors.describe('config.checkpoints', f'unknown model {name!r}',
                                              f'use {ensemble.COMPONENTS}'))
   workdir = pathlib.Path(workdir)
   _check_workdir(name, workdir)
-  entry = registry.get(name)
+  model = run_model(workdir, name)
+  entry = registry.get(model)
+  if tuple(entry.signal_columns) != tuple(_columns(name)):
+    raise errors.ConfigError(errors.describe(
+        f'config.checkpoints.{name}', f'{workdir} is a {model} run, whose signals '
+        f'{tuple(entry.signal_columns)} cannot stand for the {name}\'s {_columns(name)}',
+        f'give a run of a model with the {name}\'s signals'))
   task, params, config = entry.load(workdir)
   return entry.bar_signals(task, params, config, checkpoint_lib.read_run_record(workdir),
                            data_config, split, batch_size=batch_size, progress=progress)
