@@ -284,9 +284,9 @@ class GatedResidualNetwork(nn.Module):
 # Rows of the per-variable GRNs evaluated together (see VariableSelectionNetwork, "Chunks"): at
 # the seed size (44 variables, width 128) one chunk's widest activation is 44·128·128·4 B = 2.9 MB,
 # which stays in cache, where the unchunked arrays (173-346 MB) stream through DRAM. Measured on
-# the 2-core EPYC (CPU seconds of the encoder VSN's gradient at batch 256, alternating in one process): 128 rows
-# 2.66-2.84 s, 64 rows 2.75, 256 rows 2.78-3.06, 512 rows 3.41; chunks of whole variables instead
-# of rows (1, 2, 4 variables × all rows) 5.37, 3.07, 3.92.
+# the 2-core EPYC (CPU seconds of the encoder VSN's gradient at batch 256, alternating in one
+# process, loaded machine): 128 rows 2.66-2.84 s, 64 rows 2.75, 256 rows 2.78-3.06, 512 rows
+# 3.41; chunks of whole variables instead of rows (1, 2, 4 variables × all rows) 5.37, 3.07, 3.92.
 VARIABLE_CHUNK_ROWS = 128
 
 
