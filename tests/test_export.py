@@ -172,7 +172,7 @@ def test_exported_step_through_episodes_equals_the_full_pass_and_the_rollout(tmp
   metadata = onnx_lib.check_metadata(path, FEATURES)
   steps = task.model.context_length
   assert metadata['context_length'] == steps and metadata['cache_slots'] == 3 * steps + 1
-  assert metadata['cache_shape'] == ['batch', 2, 2, 3 * steps + 1, 2, 16]
+  assert metadata['cache_shape'] == ['batch', 2, 2, 2, 3 * steps + 1, 16]  # layers, k/v, heads
   assert metadata['conditioning_token'] == pytest.approx(2.0)  # 0.002 * rtg_scale 1000
   onnx_step = onnx_lib.runner(path, inference)
 

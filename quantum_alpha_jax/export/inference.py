@@ -300,9 +300,9 @@ def _strategist_metadata(task: Any) -> dict[str, Any]:
 
 
 STRATEGIST_STEP_INPUTS = ('timestep', 'rtg', 'state', 'previous_action', 'previous_size', 'cache')
-CACHE_LAYOUT = ('[batch, layers, 2, slots, heads, head_size]: per block its keys (index 0 of axis '
-                '2) and values (index 1) of the episode\'s earlier tokens, the most recent token in '
-                'the last slot; slots = 3K + 1')
+CACHE_LAYOUT = ('[batch, layers, 2, heads, slots, head_size]: per block its keys (index 0 of '
+                'axis 2) and values (index 1) of the episode\'s earlier tokens, the most recent '
+                'token in the last slot; slots = 3K + 1')
 
 
 def strategist_step(task: Any, params: Any, config: ml_collections.ConfigDict,
@@ -312,7 +312,7 @@ def strategist_step(task: Any, params: Any, config: ml_collections.ConfigDict,
   ``apply(params, timestep, rtg, state, previous_action, previous_size, cache)`` with
   ``timestep [batch]`` int32 (t in [0, K), each row its own), ``rtg, previous_size [batch]``,
   ``state [batch, S]`` (the 44 normalised features then the held position), ``previous_action
-  [batch]`` int32 and ``cache [batch, layers, 2, 3K + 1, heads, head_size]`` float32
+  [batch]`` int32 and ``cache [batch, layers, 2, heads, 3K + 1, head_size]`` float32
   (:meth:`DecisionTransformer.decode_rolling`: keys then values per block, most recent token
   last) → ``action_logits [batch, 3]``, ``size [batch]`` and ``next_cache`` (the same shape: the
   cache to pass with step t + 1). Stepping t = 0 .. K-1 equals the full context's outputs.
@@ -366,7 +366,7 @@ def strategist_step(task: Any, params: Any, config: ml_collections.ConfigDict,
       'action_logits and size; the position after it is trajectories.next_position.'))
   metadata.update(_strategist_metadata(task))
   metadata.update({'cache_layout': CACHE_LAYOUT, 'cache_shape': ['batch', *cache_shape],
-                   'cache_slots': cache_shape[2], 'num_layers': model.num_layers,
+                   'cache_slots': cache_shape[3], 'num_layers': model.num_layers,
                    'num_heads': model.num_heads, 'head_size': cache_shape[4]})
   return InferenceFunction(
       'strategist_step', apply, params,

@@ -29,13 +29,14 @@ Decoding. Step t of an episode feeds the three tokens ``(a_{t-1}, R_t, s_t)`` th
 blocks; each block's queries attend the keys and values of the episode's earlier tokens, read from
 a key/value cache of ``3K + 1`` slots, and the new tokens causally (``a_{-1}``, absent at t = 0, is
 masked for every query). The blocks return the new tokens' keys and values; two cache layouts keep
-them:
+them, both heads before slots (``[heads, slots, head_size]`` per block and batch row, so that the
+scores and the weighted values are plain batched matmuls over the cache, with no transpose of it):
 
-- :meth:`DecisionTransformer.decode` (the rollout's): a list of per-block ``(keys, values)``, token
-  ``3t + j`` at slot ``3t + j`` (slot 0 holds ``a_{-1}``), one timestep for the whole batch, the
-  write an in-place ``dynamic_update_slice``.
+- :meth:`DecisionTransformer.decode` (the rollout's): a list of per-block ``(keys, values) [batch,
+  heads, 3K + 1, head_size]``, token ``3t + j`` at slot ``3t + j`` (slot 0 holds ``a_{-1}``), one
+  timestep for the whole batch, the write an in-place ``dynamic_update_slice``.
 - :meth:`DecisionTransformer.decode_rolling` (the exported step's): one array ``[batch, layers, 2,
-  3K + 1, heads, head_size]`` (keys at index 0 of axis 2, values at 1) holding the most recent
+  heads, 3K + 1, head_size]`` (keys at index 0 of axis 2, values at 1) holding the most recent
   tokens last; each step drops the three oldest slots and appends the new ones, so the write is at
   a fixed place and every row may be at its own timestep (attention has no positional term: only
   the mask says which slots are of this episode).
@@ -76,16 +77,16 @@ def interleave(returns: jax.Array, states: jax.Array, actions: jax.Array) -> jax
 
 def initial_cache(model: 'DecisionTransformer', batch_size: int, dtype: Any = jnp.float32) -> list:
   """Zero key/value caches for :meth:`DecisionTransformer.decode`: per block two
-  ``[batch, 3K + 1, heads, head_size]`` arrays."""
-  shape = (batch_size, 3 * model.context_length + 1, model.num_heads,
+  ``[batch, heads, 3K + 1, head_size]`` arrays."""
+  shape = (batch_size, model.num_heads, 3 * model.context_length + 1,
            model.hidden_size // model.num_heads)
   return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(model.num_layers)]
 
 
 def rolling_cache_shape(model: 'DecisionTransformer', batch_size: int) -> tuple[int, ...]:
-  """``(batch, layers, 2, 3K + 1, heads, head_size)``: the cache of
+  """``(batch, layers, 2, heads, 3K + 1, head_size)``: the cache of
   :meth:`DecisionTransformer.decode_rolling` (module docstring)."""
-  return (batch_size, model.num_layers, 2, 3 * model.context_length + 1, model.num_heads,
+  return (batch_size, model.num_layers, 2, model.num_heads, 3 * model.context_length + 1,
           model.hidden_size // model.num_heads)
 
 
@@ -112,10 +113,12 @@ def decoding_mask(past_visible: jax.Array, timestep: jax.Array, length: int = 3)
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention with a fused QKV projection (module docstring).
 
-  Full pass: ``x [batch, T, H]`` with the constant causal mask. Cached pass (deterministic):
-  ``cache = (keys, values) [batch, slots, heads, d]`` of earlier tokens, read only, and ``mask
+  Full pass: ``x [batch, T, H]``, causal, by :func:`quantum_alpha_jax.models.attention.
+  causal_attention` (blocks of queries over key prefixes); with ``outputs`` (a slice of the T
+  positions) only those tokens are queried and returned. Cached pass (deterministic):
+  ``cache = (keys, values) [batch, heads, slots, d]`` of earlier tokens, read only, and ``mask
   [batch, T, slots + T]`` (:func:`decoding_mask`: the cache slots, then ``x``'s own tokens);
-  returns the output and ``x``'s new ``(keys, values) [batch, T, heads, d]`` for the caller to
+  returns the output and ``x``'s new ``(keys, values) [batch, heads, T, d]`` for the caller to
   write into its cache layout. Scores against the cache and against the new tokens share one
   softmax, so nothing the size of the cache is copied.
   """
@@ -133,15 +136,17 @@ class CausalSelfAttention(nn.Module):
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if cache is not None:  # Incremental decoding: the cache's slots, then the new tokens.
       past_keys, past_values = (part.astype(query.dtype) for part in cache)
+      query, key, value = (jnp.swapaxes(part, 1, 2) for part in (query, key, value))  # [b, h, T, d]
       scale = 1.0 / math.sqrt(head_size)
-      scores = jnp.concatenate([jnp.einsum('bqhd,bkhd->bhqk', query, past_keys),
-                                jnp.einsum('bqhd,bkhd->bhqk', query, key)], axis=-1)
+      scores = jnp.concatenate([jnp.matmul(query, jnp.swapaxes(past_keys, 2, 3)),
+                                jnp.matmul(query, jnp.swapaxes(key, 2, 3))], axis=-1)
       scores = jnp.where(mask[:, None], scores.astype(jnp.float32) * scale, _MASK_VALUE)
       weights = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
-      slots = past_keys.shape[1]
-      heads = (jnp.einsum('bhqk,bkhd->bqhd', weights[..., :slots], past_values)
-               + jnp.einsum('bhqk,bkhd->bqhd', weights[..., slots:], value))
-      output = nn.Dense(width, name='output')(heads.reshape(batch, length, width).astype(x.dtype))
+      slots = past_keys.shape[2]
+      heads = (jnp.matmul(weights[..., :slots], past_values)
+               + jnp.matmul(weights[..., slots:], value))  # [b, h, T, d]
+      output = nn.Dense(width, name='output')(
+          jnp.swapaxes(heads, 1, 2).reshape(batch, length, width).astype(x.dtype))
       return output, (key, value)
     # Full pass: blocked causal attention (models/attention.py), queries at ``outputs`` only.
     positions = np.arange(length)[outputs if outputs is not None else slice(None)]
@@ -272,9 +277,9 @@ class DecisionTransformer(nn.Module):
                     previous_action: jax.Array, previous_size: jax.Array
                     ) -> tuple[dict[str, jax.Array], list]:
     """The blocks over step t's tokens ``(a_{t-1}, R_t, s_t)`` (deterministic): ``caches`` per
-    block ``(keys, values) [batch, slots, heads, d]`` of which the slots with ``past_visible
+    block ``(keys, values) [batch, heads, slots, d]`` of which the slots with ``past_visible
     [batch, slots]`` are this episode's earlier tokens; ``timestep [batch]`` int (< K). Returns the
-    heads of ``s_t`` and per block the new ``(keys, values) [batch, 3, heads, d]``."""
+    heads of ``s_t`` and per block the new ``(keys, values) [batch, heads, 3, d]``."""
     returns, state_token, action_token = self.token_embeddings(
         return_to_go, state, previous_action, previous_size, timestep,
         jnp.maximum(timestep - 1, 0))
@@ -295,13 +300,13 @@ class DecisionTransformer(nn.Module):
     [batch]``, ``state [batch, S]``, ``previous_action [batch]`` int; returns the heads of ``s_t``
     and the cache (:func:`initial_cache`'s layout: token 3t + j at slot 3t + j)."""
     now = jnp.full(previous_action.shape, step, jnp.int32)
-    slots = jnp.arange(cache[0][0].shape[1])
+    slots = jnp.arange(cache[0][0].shape[2])
     past_visible = jnp.broadcast_to((slots >= 1) & (slots < 3 * step),
                                     (previous_action.shape[0], slots.shape[0]))
     heads, written = self.decode_tokens(cache, past_visible, now, return_to_go, state,
                                         previous_action, previous_size)
     new_cache = [tuple(jax.lax.dynamic_update_slice(old, new.astype(old.dtype),
-                                                    (0, 3 * step, 0, 0))
+                                                    (0, 0, 3 * step, 0))
                        for old, new in zip(layer_cache, layer_new))
                  for layer_cache, layer_new in zip(cache, written)]
     return heads, new_cache
@@ -309,17 +314,20 @@ class DecisionTransformer(nn.Module):
   def decode_rolling(self, cache: jax.Array, timestep: jax.Array, return_to_go: jax.Array,
                      state: jax.Array, previous_action: jax.Array, previous_size: jax.Array
                      ) -> tuple[dict[str, jax.Array], jax.Array]:
-    """:meth:`decode` with the rolling cache ``[batch, layers, 2, 3K + 1, heads, d]`` (module
+    """:meth:`decode` with the rolling cache ``[batch, layers, 2, heads, 3K + 1, d]`` (module
     docstring; :func:`initial_rolling_cache`) and a ``timestep [batch]`` int per row (< K): the
     last ``3t`` slots hold the episode's tokens ``a_{-1} .. s_{t-1}``. Returns the heads of
     ``s_t`` and the cache with the three oldest slots dropped and ``(a_{t-1}, R_t, s_t)``
     appended."""
     timestep = timestep.astype(jnp.int32)
-    slots = cache.shape[3]
+    slots = cache.shape[4]
     # Visible: the last 3t slots but the first of them (a_{-1}); none at t = 0.
     past_visible = jnp.arange(slots)[None, :] > slots - 3 * timestep[:, None]
-    caches = [(cache[:, layer, 0], cache[:, layer, 1]) for layer in range(cache.shape[1])]
+    # Static slices, not integer indexing: ONNX then reads each block's part with a Slice instead
+    # of transposing the whole cache for a GatherND.
+    part = lambda layer, kind: jnp.squeeze(cache[:, layer:layer + 1, kind:kind + 1], (1, 2))
+    caches = [(part(layer, 0), part(layer, 1)) for layer in range(cache.shape[1])]
     heads, written = self.decode_tokens(caches, past_visible, timestep, return_to_go, state,
                                         previous_action, previous_size)
-    new = jnp.stack([jnp.stack(pair, axis=1) for pair in written], axis=1)  # [b, L, 2, 3, h, d]
-    return heads, jnp.concatenate([cache[:, :, :, 3:], new.astype(cache.dtype)], axis=3)
+    new = jnp.stack([jnp.stack(pair, axis=1) for pair in written], axis=1)  # [b, L, 2, h, 3, d]
+    return heads, jnp.concatenate([cache[:, :, :, :, 3:], new.astype(cache.dtype)], axis=4)
