@@ -132,10 +132,10 @@ assert len(DERIVED_FEATURES) == 39
 # Columns compute_features reads.
 REQUIRED_COLUMNS = (schema.TIMESTAMP, *schema.OHLCV, schema.SEGMENT)
 
-_NANOSECONDS_PER_HOUR = 3_600 * 1_000_000_000
-_NANOSECONDS_PER_DAY = 24 * _NANOSECONDS_PER_HOUR
-_EPOCH_DAY_OF_WEEK = 3  # 1970-01-01 was a Thursday.
-_TRADING_HOURS = (13, 21)  # [start, end) in UTC: the US equity session.
+NANOSECONDS_PER_HOUR = 3_600 * 1_000_000_000
+NANOSECONDS_PER_DAY = 24 * NANOSECONDS_PER_HOUR
+EPOCH_DAY_OF_WEEK = 3  # 1970-01-01 was a Thursday.
+TRADING_HOURS = (13, 21)  # [start, end) in UTC: the US equity session.
 
 
 def compute_features(klines: pd.DataFrame) -> pd.DataFrame:
@@ -237,12 +237,12 @@ def _derived_features(
     derived[f'volatility_{period}'] = _rolling_std(derived['returns_1'], period)
 
   # Time.
-  hour = (timestamp_nanoseconds // _NANOSECONDS_PER_HOUR) % 24
-  day_of_week = (timestamp_nanoseconds // _NANOSECONDS_PER_DAY + _EPOCH_DAY_OF_WEEK) % 7
+  hour = (timestamp_nanoseconds // NANOSECONDS_PER_HOUR) % 24
+  day_of_week = (timestamp_nanoseconds // NANOSECONDS_PER_DAY + EPOCH_DAY_OF_WEEK) % 7
   derived['hour'] = hour.astype(np.float64)
   derived['day_of_week'] = day_of_week.astype(np.float64)
   derived['is_trading_hour'] = (
-      (day_of_week < 5) & (hour >= _TRADING_HOURS[0]) & (hour < _TRADING_HOURS[1])
+      (day_of_week < 5) & (hour >= TRADING_HOURS[0]) & (hour < TRADING_HOURS[1])
   ).astype(np.float64)
 
   # Candle shape.
@@ -358,7 +358,7 @@ def _session_vwap(
     volume: np.ndarray,
 ) -> np.ndarray:
   """Volume-weighted typical price since 00:00 UTC; the close while the day has no volume."""
-  day = timestamp_nanoseconds // _NANOSECONDS_PER_DAY
+  day = timestamp_nanoseconds // NANOSECONDS_PER_DAY
   typical_price = (high + low + close) / 3.0
   frame = pd.DataFrame({'price_volume': typical_price * volume, 'volume': volume})
   cumulative = frame.groupby(day, sort=False).cumsum()

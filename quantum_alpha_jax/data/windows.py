@@ -80,12 +80,11 @@ def calendar_features(timestamps: np.ndarray) -> np.ndarray:
   ``timestamps [...]`` (int64 ns, UTC), ``[..., 3]`` float32: the clock alone, by the rules of
   ``features.compute_features``, so a decoder's known inputs need no row of a future bar."""
   timestamps = np.asarray(timestamps, np.int64)
-  # pylint: disable=protected-access  (one definition of the calendar rules: features.py's)
-  hour = (timestamps // features_lib._NANOSECONDS_PER_HOUR) % 24
-  day_of_week = (timestamps // features_lib._NANOSECONDS_PER_DAY
-                 + features_lib._EPOCH_DAY_OF_WEEK) % 7
-  session_start, session_end = features_lib._TRADING_HOURS
-  # pylint: enable=protected-access
+  # One definition of the calendar rules: features.py's.
+  hour = (timestamps // features_lib.NANOSECONDS_PER_HOUR) % 24
+  day_of_week = (timestamps // features_lib.NANOSECONDS_PER_DAY
+                 + features_lib.EPOCH_DAY_OF_WEEK) % 7
+  session_start, session_end = features_lib.TRADING_HOURS
   trading = (day_of_week < 5) & (hour >= session_start) & (hour < session_end)
   return np.stack([hour, day_of_week, trading], axis=-1).astype(np.float32)
 

@@ -18,12 +18,10 @@ rounding.
 
 The running sums carry their rounding residue from the first bar on, and OBV its running offset,
 so bit-identity holds when the stream starts at the batch frame's first bar (``push_frame(history,
-keep_rows=False)`` catches up). A stream started later agrees to float32 rounding only. On the real
-2023-H2 data, with the stream started on 2023-06-01 instead of the data's 2019 start: BB_width
-differs on 1% (BTC) to 16% (ETH) of the bars, by up to 10 float32 ulps; a volatility, a band or
-the volume z-score on a few dozen bars, by 1 ulp; OBV by its constant offset, which the windows
-remove (they normalise OBV relative to an anchor bar). tests/test_serve_stream.py holds the two
-paths equal: change ``data/features.py`` and this module together.
+keep_rows=False)`` catches up). A stream started later agrees to float32 rounding only (a few
+ulps; OBV by a constant offset, which the windows remove: docs/results/serve.md has the figures).
+tests/test_serve_stream.py holds the two paths equal: change ``data/features.py`` and this module
+together.
 
 Bad input is refused before anything changes (:class:`BarRejected`, one line naming the symbol, the
 bar and the fix): a bar out of order, a duplicate, a NaN or infinite value, a missing column, a time
@@ -56,12 +54,6 @@ WARMUP_BARS = features_lib.WARMUP_BARS
 # frame's ``timestamp``); epoch seconds, milliseconds or microseconds (a Binance dump's open_time).
 TIME_KEYS = ('open_time_ns', schema.TIMESTAMP, 'open_time')
 
-_NAN = math.nan
-# The time features' constants, as data/features.py defines them.
-_NANOSECONDS_PER_HOUR = features_lib._NANOSECONDS_PER_HOUR
-_NANOSECONDS_PER_DAY = features_lib._NANOSECONDS_PER_DAY
-_EPOCH_DAY_OF_WEEK = features_lib._EPOCH_DAY_OF_WEEK
-_TRADING_HOURS = features_lib._TRADING_HOURS
 # Where the derived features sit in a row: compute_features checks those for finiteness (the OHLCV
 # columns it checks in float64, and they are refused unless finite).
 _DERIVED_POSITIONS = tuple(FEATURES.index(name) for name in features_lib.DERIVED_FEATURES)
@@ -137,7 +129,7 @@ class SymbolStream:
     self.bars_in_segment = 0
     self.last_gap: klines_lib.Gap | None = None
     self._broken: str | None = None  # what interrupted an update, if one ever did
-    self._previous_close = _NAN
+    self._previous_close = math.nan
     self._closes = collections.deque(maxlen=61)  # returns_60 reads c[t-60]
     self._highs = collections.deque(maxlen=14)
     self._lows = collections.deque(maxlen=14)
@@ -354,7 +346,7 @@ class SymbolStream:
             '%s: a hole of %d bars (%s .. %s) is longer than the fill limit (%d): a new segment '
             'starts at %s; its first %d bars (%.1f h) are warm-up, invalid', self.symbol, missing,
             gap.start, gap.end, self.fill_limit_bars, pd.Timestamp(time_ns, tz='UTC'),
-            WARMUP_BARS, WARMUP_BARS * self.step_ns / _NANOSECONDS_PER_HOUR)
+            WARMUP_BARS, WARMUP_BARS * self.step_ns / features_lib.NANOSECONDS_PER_HOUR)
     out.append(self._advance(time_ns, values, observed, new_segment, gap))
     return out
 
@@ -392,7 +384,7 @@ class SymbolStream:
       channel = highest_high - lowest_low
       stochastic_k = 50.0 if channel == 0 else 100.0 * (close - lowest_low) / channel
     else:
-      highest_high = lowest_low = stochastic_k = _NAN
+      highest_high = lowest_low = stochastic_k = math.nan
     stochastic_d = self._stochastic_d.push(stochastic_k)
 
     # Volatility bands.
@@ -407,7 +399,7 @@ class SymbolStream:
     obv = sign * volume if first else self._obv + sign * volume
     self._obv = obv
     volume_ma = self._volume_ma.push(volume)
-    day = time_ns // _NANOSECONDS_PER_DAY
+    day = time_ns // features_lib.NANOSECONDS_PER_DAY
     if day != self._day:
       self._day = day
       self._day_price_volume = self._day_price_volume_compensation = 0.0
@@ -425,10 +417,10 @@ class SymbolStream:
 
     # Returns and realised volatility.
     count = len(closes)
-    returns_1 = close / closes[-2] - 1.0 if count > 1 else _NAN
-    returns_3 = close / closes[-4] - 1.0 if count > 3 else _NAN
-    returns_12 = close / closes[-13] - 1.0 if count > 12 else _NAN
-    returns_60 = close / closes[-61] - 1.0 if count > 60 else _NAN
+    returns_1 = close / closes[-2] - 1.0 if count > 1 else math.nan
+    returns_3 = close / closes[-4] - 1.0 if count > 3 else math.nan
+    returns_12 = close / closes[-13] - 1.0 if count > 12 else math.nan
+    returns_60 = close / closes[-61] - 1.0 if count > 60 else math.nan
     return_run = self._return_run.push(returns_1)
     variance = self._return_variance
     volatility_12 = rolling.standard_deviation(variance[12].push(returns_1), return_run, 12)
@@ -436,12 +428,13 @@ class SymbolStream:
     volatility_240 = rolling.standard_deviation(variance[240].push(returns_1), return_run, 240)
 
     # Time.
-    hour = (time_ns // _NANOSECONDS_PER_HOUR) % 24
-    day_of_week = (day + _EPOCH_DAY_OF_WEEK) % 7
-    trading = 1.0 if day_of_week < 5 and _TRADING_HOURS[0] <= hour < _TRADING_HOURS[1] else 0.0
+    hour = (time_ns // features_lib.NANOSECONDS_PER_HOUR) % 24
+    day_of_week = (day + features_lib.EPOCH_DAY_OF_WEEK) % 7
+    session_start, session_end = features_lib.TRADING_HOURS
+    trading = 1.0 if day_of_week < 5 and session_start <= hour < session_end else 0.0
 
     # Candle shape.
-    log_return = _NAN if first else rolling.numpy_log(close / previous_close)
+    log_return = math.nan if first else rolling.numpy_log(close / previous_close)
     volume_run = self._volume_run.push(volume)
     volume_mean = self._volume_mean_48.push(volume)
     volume_std = rolling.standard_deviation(self._volume_variance_48.push(volume), volume_run, 48)
