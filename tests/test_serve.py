@@ -205,7 +205,8 @@ def test_the_per_bar_rule_equals_every_ablation_row_of_the_batch(real_run):
 def test_no_look_ahead_truncated_input_leaves_earlier_decisions(real_run, streamed):
   """Cutting the input after bar t changes no decision up to t."""
   cut = real_run.start + pd.Timedelta('1D')
-  truncated = _replay(_decider(real_run), {symbol: raw_klines(symbol, str(cut)) for symbol in FILES})
+  truncated = _replay(_decider(real_run),
+                      {symbol: raw_klines(symbol, str(cut)) for symbol in FILES})
   full = streamed.loc[streamed['open_time_ns'] < cut.value]
   columns = [c for c in full.columns if c not in TIMINGS]
   pd.testing.assert_frame_equal(truncated[columns].reset_index(drop=True),

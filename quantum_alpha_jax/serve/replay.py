@@ -235,7 +235,8 @@ def serve(decider: Any, inputs: Sequence[str | pathlib.Path], output: str | path
             got = True
             if symbol not in headers:  # A header line names the columns of the lines below it.
               first = line.split(b',')[0].strip().strip(b'"').decode(errors='replace')
-              headers[symbol] = None if _looks_numeric(first) else line
+              numeric = kline_files._looks_numeric(first)  # pylint: disable=protected-access
+              headers[symbol] = None if numeric else line
               if headers[symbol] is not None:
                 continue
             try:
@@ -257,14 +258,6 @@ def serve(decider: Any, inputs: Sequence[str | pathlib.Path], output: str | path
   finally:
     writer.close()
   return summary.to_dict()
-
-
-def _looks_numeric(text: str) -> bool:
-  try:
-    float(text)
-    return True
-  except ValueError:
-    return False
 
 
 def format_summary(summary: Mapping[str, Any], output: str | pathlib.Path) -> str:
