@@ -300,6 +300,12 @@ def _hash_dropout(inputs: jax.Array, index: jax.Array, seed: jax.Array, rate: fl
                    jnp.zeros((), inputs.dtype))
 
 
+def default_chunk_rows() -> int:
+  """The variable selection's chunk size when none is given: :data:`VARIABLE_CHUNK_ROWS` on a
+  CPU backend, unbounded (one chunk) on accelerators."""
+  return VARIABLE_CHUNK_ROWS if jax.default_backend() == 'cpu' else 2**62
+
+
 class _StackedDenseWeights(nn.Module):
   """The parameters of a :class:`StackedDense` (same names, shapes and initialisers), returned
   rather than applied, for code that applies them itself."""
@@ -478,14 +484,16 @@ class VariableSelectionNetwork(nn.Module):
     dropout_rate: dropout in the GRNs.
     selection_hidden_size: hidden width ``h_w`` of ``GRN_w``; defaults to
       ``min(hidden_size, m)`` as in pytorch-forecasting.
-    chunk_rows: rows per chunk of the per-variable GRNs (a speed knob; see "Chunks").
+    chunk_rows: rows per chunk of the per-variable GRNs (a speed knob; see "Chunks"). None:
+      :data:`VARIABLE_CHUNK_ROWS` on CPU, one chunk on accelerators (whose memory bandwidth
+      does not need chunks, and which would pay a kernel launch per op per chunk).
   """
 
   hidden_size: int
   embedding_size: int
   dropout_rate: float = 0.0
   selection_hidden_size: int | None = None
-  chunk_rows: int = VARIABLE_CHUNK_ROWS
+  chunk_rows: int | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array, context: jax.Array | None = None, *,
@@ -530,9 +538,10 @@ class VariableSelectionNetwork(nn.Module):
       weights = self._selection_weights(inputs, prescaler_kernel, prescaler_bias, context,
                                         deterministic)
     rows = inputs.shape[:-1]
+    chunk_rows = default_chunk_rows() if self.chunk_rows is None else self.chunk_rows
     selected = _chunked_variable_grns(
         inputs.reshape(-1, variables), weights.reshape(-1, variables).astype(inputs.dtype),
-        grn_params, chunk_rows=self.chunk_rows, seed=seed, rate=self.dropout_rate,
+        grn_params, chunk_rows=chunk_rows, seed=seed, rate=self.dropout_rate,
         remat=not deterministic)
     return selected.reshape(*rows, self.hidden_size), weights
 

@@ -50,8 +50,8 @@ class TemporalFusionTransformer(nn.Module):
     dropout_rate: dropout in GRNs, GLUs, attention and between LSTM layers.
     quantiles: the forecast quantiles, one output each.
     variable_chunk_rows: rows (batch × time) whose per-variable GRNs run together in variable
-      selection (``layers.VariableSelectionNetwork.chunk_rows``): a speed knob, the outputs do not
-      depend on it.
+      selection (``layers.VariableSelectionNetwork.chunk_rows``; None: 128 on CPU, one chunk on
+      accelerators): a speed knob, the outputs do not depend on it.
   """
 
   num_symbols: int = 8
@@ -65,7 +65,7 @@ class TemporalFusionTransformer(nn.Module):
   lstm_layers: int = 2
   dropout_rate: float = 0.1
   quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-  variable_chunk_rows: int = layers.VARIABLE_CHUNK_ROWS
+  variable_chunk_rows: int | None = None
 
   @nn.compact
   def __call__(self, encoder: jax.Array, decoder_known: jax.Array, symbol: jax.Array, *,
