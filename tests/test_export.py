@@ -24,11 +24,11 @@ from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.errors import ConfigError, SchemaError
 from quantum_alpha_jax.export import ExportError
-from quantum_alpha_jax.export import inference as inference_lib
 from quantum_alpha_jax.export import pipeline
 from quantum_alpha_jax.export import require
 from quantum_alpha_jax.tasks import lstm
 from quantum_alpha_jax.tasks import oracle
+from quantum_alpha_jax.tasks import registry
 
 TOLERANCE = 1e-4
 SPLITS = {'train': ('2024-01-01', '2024-01-20'), 'validation': ('2024-01-20', '2024-01-24'),
@@ -82,7 +82,7 @@ def forecasters(drifting_market, tmp_path_factory):
   for name, task_type, config in (('oracle', oracle.OracleTask, tft_config),
                                   ('lstm', lstm.LSTMTask, lstm_cfg)):
     task = task_type.from_config(config)
-    inference = inference_lib.MODELS[name].build(task, _random_params(task), config, record)
+    inference = registry.find_export(name)[1](task, _random_params(task), config, record)
     result[name] = (inference, tuple(real[k] for k in inference.input_names))
   return result
 
@@ -139,7 +139,7 @@ def test_onnx_matches_jax_for_the_guardian_and_strategist(forecasters, name, tmp
     config = strategist_config.get_config('quick')
     task = strategist.StrategistTask.from_config(config)
     example = strategist.example_batch(task)
-  inference = inference_lib.MODELS[name].build(task, _random_params(task, example), config, {})
+  inference = registry.find_export(name)[1](task, _random_params(task, example), config, {})
   path = onnx_lib.export_onnx(inference, tmp_path / f'{name}.onnx')
   report = pipeline.parity(inference, onnx_lib.runner(path, inference), batch_sizes=(1, 7),
                            real=real)
@@ -155,7 +155,7 @@ def _strategist_step(tmp_path):
   config.trajectories.condition_on = 'realised'  # the return token moves with the rewards
   task = strategist.StrategistTask.from_config(config, target_return=0.002)
   params = _random_params(task, strategist.example_batch(task), scale=0.5)
-  inference = inference_lib.MODELS['strategist_step'].build(task, params, config, {})
+  inference = registry.find_export('strategist_step')[1](task, params, config, {})
   return task, params, inference
 
 
@@ -250,8 +250,8 @@ def test_step_real_inputs_continue_real_episodes(drifting_market, tmp_path):
   task = strategist.StrategistTask.from_config(config, normalizer=normalizer)
   params = _random_params(task, strategist.example_batch(task), scale=0.5)
   record = {'normalizer': normalizer.to_dict()}
-  step = inference_lib.MODELS['strategist_step'].build(task, params, config, record)
-  full = inference_lib.MODELS['strategist'].build(task, params, config, record)
+  step = registry.find_export('strategist_step')[1](task, params, config, record)
+  full = registry.find_export('strategist')[1](task, params, config, record)
   real = step.real_inputs(4)
   context = full.real_inputs(4)  # the same episodes, whole
   stopped = real[0]

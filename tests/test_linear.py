@@ -104,3 +104,20 @@ def test_the_backtest_takes_a_linear_run_in_the_oracles_place(linear_run):
   with pytest.raises(ConfigError, match=r"a linear run, whose signals .* cannot stand for the "
                                         r"guardian"):
     backtest.model_signals('guardian', workdir, config.data, 'test')
+
+
+def test_it_exports_to_onnx_through_its_registry_entry(linear_run, tmp_path):
+  """The fifth head goes through export with no change to export code: load_inference finds its
+  builder in the task registry, and the ONNX file matches JAX (random windows: the fixture's run
+  trained on frames passed in memory, so there is no store to read real windows from)."""
+  pytest.importorskip('jax2onnx')
+  from quantum_alpha_jax.export import inference as inference_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.export import pipeline  # pylint: disable=g-import-not-at-top
+  workdir, _ = linear_run
+  inference = inference_lib.load_inference('linear', workdir)
+  assert inference.metadata['source_workdir'] == str(workdir.resolve())
+  path = onnx_lib.export_onnx(inference, tmp_path / 'linear.onnx')
+  report = pipeline.parity(inference, onnx_lib.runner(path, inference), batch_sizes=(1, 5),
+                           seed=0, real=None)
+  assert report['max_abs_diff'] < 1e-4, report

@@ -2,9 +2,10 @@
 
 An :class:`InferenceFunction` is ``apply(params, *inputs) -> {output: array}`` with named
 :class:`TensorSpec` inputs and outputs whose leading dimension is the (symbolic) batch, plus the
-params and the JSON metadata that travels with the exported file. :data:`MODELS` maps a model name
-to the task module whose ``load(workdir) -> (task, params, config)`` restores a run, and to a
-builder ``(task, params, config, record) -> InferenceFunction``.
+params and the JSON metadata that travels with the exported file. Models are found in the task
+registry (``tasks/registry.find_export``): each task declares its builders
+``(task, params, config, record) -> InferenceFunction`` in ``export_fns``, and its ``load(workdir)
+-> (task, params, config)`` restores a run.
 
 The models:
 
@@ -21,8 +22,9 @@ The models:
   ``previous_size``, ``cache``) → ``action_logits``, ``size`` and ``next_cache``; ~1/K of the full
   context's work per decision (:func:`strategist_step`).
 
-Adding a model is one builder and one table row: a function of ``(task, params, config, record)``
-that closes over the task's deterministic forward pass, e.g.::
+Adding a model is one builder, named by the model's task (``export_fns='module:_my_model'``): a
+function of ``(task, params, config, record)`` that closes over the task's deterministic forward
+pass, e.g.::
 
   def _my_model(task, params, config, record):
     def apply(params, encoder):
@@ -33,15 +35,12 @@ that closes over the task's deterministic forward pass, e.g.::
         outputs=(TensorSpec('score', (None,), 'float32'),),
         metadata=_metadata('my_model', config, record, 'encoder: ...'),
         real_inputs=_window_inputs(config, record, spec, ('encoder',)))
-
-  MODELS['my_model'] = ModelEntry('quantum_alpha_jax.tasks.my_model', _my_model)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -51,8 +50,10 @@ import numpy as np
 
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.data.features import KNOWN_FUTURE_FEATURES
-from quantum_alpha_jax.errors import ConfigError, SchemaError, describe
+from quantum_alpha_jax.errors import SchemaError, describe
 from quantum_alpha_jax.tasks import oracle as oracle_task
+from quantum_alpha_jax.tasks import registry
+from quantum_alpha_jax.train import checkpoint
 
 METADATA_FORMAT = 1
 
@@ -118,14 +119,6 @@ class InferenceFunction:
       else:
         arrays.append(rng.standard_normal(shape).astype(spec.dtype))
     return tuple(arrays)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelEntry:
-  """Where a model's runs are loaded from and how its inference function is built."""
-
-  task_module: str  # a module with load(workdir) -> (task, params, config)
-  build: Callable[[Any, Any, ml_collections.ConfigDict, Mapping[str, Any]], InferenceFunction]
 
 
 def _metadata(name: str, config: ml_collections.ConfigDict, record: Mapping[str, Any],
@@ -395,29 +388,17 @@ def step_tokens(episodes: Mapping[str, np.ndarray], t: int) -> tuple[np.ndarray,
           np.asarray(episodes['states'][:, t], np.float32), *previous)
 
 
-MODELS: dict[str, ModelEntry] = {
-    'oracle': ModelEntry('quantum_alpha_jax.tasks.oracle', quantile_forecaster('oracle')),
-    'lstm': ModelEntry('quantum_alpha_jax.tasks.lstm', quantile_forecaster('lstm')),
-    'guardian': ModelEntry('quantum_alpha_jax.tasks.guardian', guardian),
-    'strategist': ModelEntry('quantum_alpha_jax.tasks.strategist', strategist),
-    'strategist_step': ModelEntry('quantum_alpha_jax.tasks.strategist', strategist_step),
-}
-
-
 def read_record(workdir: str | pathlib.Path) -> dict[str, Any]:
   """The latest JSON record of the run in ``workdir`` (config, best step, normaliser)."""
-  from quantum_alpha_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   return checkpoint.read_run_record(workdir)
 
 
 def load_inference(name: str, workdir: str | pathlib.Path) -> InferenceFunction:
-  """The inference function of model ``name`` from its training run in ``workdir``."""
-  if name not in MODELS:
-    raise ConfigError(describe('export', f'no exporter for model {name!r}',
-                               f'known models: {sorted(MODELS)} (export/inference.py MODELS)'))
-  entry = MODELS[name]
-  task, params, config = importlib.import_module(entry.task_module).load(workdir)
-  inference = entry.build(task, params, config, read_record(workdir))
+  """The inference function ``name`` (a model's export, ``tasks/registry.find_export``) from the
+  training run in ``workdir``."""
+  entry, build = registry.find_export(name)
+  task, params, config = entry.load(workdir)
+  inference = build(task, params, config, read_record(workdir))
   return dataclasses.replace(inference, metadata={
       **inference.metadata, 'source_workdir': str(pathlib.Path(workdir).resolve())})
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from quantum_alpha_jax.data.store import atomic_write
+from quantum_alpha_jax.artifacts import atomic_write
 from quantum_alpha_jax.export import ExportError
 from quantum_alpha_jax.export import require
 from quantum_alpha_jax.export.inference import InferenceFunction

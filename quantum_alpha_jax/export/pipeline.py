@@ -29,11 +29,12 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data.store import sha256_file
 from quantum_alpha_jax.errors import ConfigError, describe
 from quantum_alpha_jax.export import ExportError
 from quantum_alpha_jax.export import inference as inference_lib
-from quantum_alpha_jax.train import writers
+from quantum_alpha_jax.tasks import registry
 
 FORMATS = ('onnx', 'saved_model')
 MANIFEST_FORMAT = 1
@@ -102,9 +103,11 @@ def _check_config(config: ml_collections.ConfigDict
   models = {name: pathlib.Path(path) for name, path in config.models.items() if path}
   skipped = {name: 'no workdir given' for name, path in config.models.items() if not path}
   for name, path in list(models.items()):
-    if name not in inference_lib.MODELS:
+    try:
+      registry.find_export(name)
+    except ConfigError as error:
       raise ConfigError(describe(f'config.models.{name}', 'no exporter for this model',
-                                 f'known: {sorted(inference_lib.MODELS)}; leave it empty to skip'))
+                                 f'{error}; leave it empty to skip')) from None
     if not (path / 'checkpoints').is_dir():
       if config.get('skip_missing', False):
         skipped[name] = f'no training run in {path}'
@@ -186,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
             f'({entry["parity"][kind]})', 'report it with the model config; the manifest was '
             'not updated'))
     manifest['models'][name] = entry
-  writers.write_json(workdir / 'manifest.json', manifest)
+  artifacts.write_json(workdir / 'manifest.json', manifest)
   manifest['manifest_json'] = str(workdir / 'manifest.json')
   return manifest
 

@@ -79,16 +79,29 @@ class TaskEntry:
   signal_columns: tuple[str, ...]
   evaluate: SavedEvaluateFn
   format_results: Callable[[Mapping[str, Any]], str]
-  export_fns: str | None = None
+  # ``'module:function'`` of the export builder (exported under the model's name), or
+  # ``{export name: 'module:function'}`` for a model exported several ways (the Strategist: its full
+  # context and its cached one-step decode).
+  export_fns: str | Mapping[str, str] | None = None
   export_args: tuple[Any, ...] = ()
   prepare_update: Callable[..., Any] | None = None
 
-  def export_builder(self) -> Callable[..., Any] | None:
-    """The export builder ``build(task, params, config, record)`` named by ``export_fns``
-    (``'module:function'``, called with ``export_args`` when those are given, for a factory),
-    imported on demand (export imports tasks, not the other way round); None without one."""
+  def exports(self) -> dict[str, str]:
+    """``{export name: 'module:function'}`` of every deployable function of this model."""
     if not self.export_fns:
+      return {}
+    if isinstance(self.export_fns, str):
+      return {self.name: self.export_fns}
+    return dict(self.export_fns)
+
+  def export_builder(self, export: str | None = None) -> Callable[..., Any] | None:
+    """The builder ``build(task, params, config, record)`` of ``export`` (default: the model's
+    own name; ``'module:function'``, called with ``export_args`` when those are given, for a
+    factory), imported on demand (export imports tasks, not the other way round); None without
+    one."""
+    spec = self.exports().get(export or self.name)
+    if not spec:
       return None
-    module, _, function = self.export_fns.partition(':')
+    module, _, function = spec.partition(':')
     found = getattr(importlib.import_module(module), function)
     return found(*self.export_args) if self.export_args else found

@@ -63,3 +63,25 @@ def get(name: str) -> TaskEntry:
     raise ConfigError(describe('model', f'unknown model {name!r} (no quantum_alpha_jax/tasks/'
                                f'{name} registers one)', f'use one of {", ".join(names())}'))
   return _ENTRIES[name]
+
+
+def find_export(export: str) -> tuple[TaskEntry, Any]:
+  """``(entry, builder)`` of the deployable function named ``export``: a model's own export (its
+  name) or one more it declares (``TaskEntry.exports``, e.g. ``'strategist_step'``); a
+  :class:`ConfigError` listing the exports there are otherwise."""
+  candidates = [export] if export in _ENTRIES else []
+  if not candidates:
+    try:
+      get(export)
+      candidates = [export]
+    except ConfigError:
+      pass
+  for name in candidates + [name for name in names() if name != export]:
+    entry = _ENTRIES[name]
+    builder = entry.export_builder(export) if export in entry.exports() else None
+    if builder is not None:
+      return entry, builder
+  known = sorted(e for name in names() for e in _ENTRIES[name].exports())
+  raise ConfigError(describe('export', f'no exporter for {export!r}',
+                             f'use one of {", ".join(known)} (a task declares its exports in '
+                             'export_fns)'))
