@@ -32,8 +32,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from quantum_alpha_jax.export import inference as inference_lib
-from quantum_alpha_jax.export import onnx as onnx_lib
+from quantum_alpha_jax.ship.export import inference as inference_lib
+from quantum_alpha_jax.ship.export import onnx as onnx_lib
 
 TARGET_P99_MS = 2.0
 ENSEMBLE = ('oracle', 'guardian', 'strategist_step')

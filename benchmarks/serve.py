@@ -52,8 +52,8 @@ def seed_models(directory: pathlib.Path, backend: str) -> Any:
   from configs import oracle as oracle_config  # pylint: disable=g-import-not-at-top
   from configs import strategist as strategist_config  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.data import windows  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import inference as inference_lib  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import inference as inference_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.serve import models as models_lib  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.tasks import oracle  # pylint: disable=g-import-not-at-top

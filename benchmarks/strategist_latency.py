@@ -8,7 +8,7 @@ Seed sizes (configs/strategist.py default: context K = 90, hidden 256, 6 layers,
 random weights (latency does not depend on them). One decision per call, each call timed alone
 after a warm-up; p50 / p99 / mean in ms:
 
-- ours, cached step (``export/inference.py`` ``strategist_step``): (a) the ONNX file in
+- ours, cached step (``ship/export/inference.py`` ``strategist_step``): (a) the ONNX file in
   onnxruntime (one intra-op thread, sequential), (b) the same function under ``jax.jit``. Each call
   is the next bar of an episode: the timestep cycles 0..K-1 and the cache the previous call
   returned is fed back, as a server does.
@@ -66,7 +66,7 @@ def seed_inference(name: str) -> Any:
   ``strategist_step``) with random params (PRNGKey(0): the same weights in every process)."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import strategist as strategist_config  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import inference as inference_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import inference as inference_lib  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.tasks import strategist  # pylint: disable=g-import-not-at-top
   config = strategist_config.get_config('')
   task = strategist.StrategistTask.from_config(config)
@@ -76,7 +76,7 @@ def seed_inference(name: str) -> Any:
 
 def _onnx_file(inference: Any, directory: str | pathlib.Path) -> pathlib.Path:
   """``directory/<name>.onnx``, exported unless a previous round left it there."""
-  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(directory) / f'{inference.name}.onnx'
   if not path.is_file():
     onnx_lib.export_onnx(inference, path)
@@ -89,7 +89,7 @@ def our_latencies(calls: int, directory: str | pathlib.Path, threads: int = 1,
   onnxruntime threads) and JAX jit, at batch 1 in this process (module docstring)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
   results: dict[str, Any] = {}
   step = seed_inference('strategist_step')
   steps = step.metadata['context_length']

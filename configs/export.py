@@ -30,7 +30,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.models = ml_collections.ConfigDict({
       name: common.default_workdir(name + suffix)
       for name in ('oracle', 'lstm', 'guardian', 'strategist')})
-  # The Strategist's cached one-step decode (export/inference.py strategist_step), from the same
+  # The Strategist's cached one-step decode (ship/export/inference.py strategist_step), from the same
   # run: what a server calls once per bar.
   config.models.strategist_step = config.models.strategist
   # True: a workdir that holds no training run is skipped (and listed in the summary); False: an

@@ -11,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from quantum_alpha_jax import cli
-from quantum_alpha_jax.export import pipeline
+from quantum_alpha_jax.ship.export import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/export.py', 'Export config (file[:variant]).', lock_config=True)

@@ -100,7 +100,7 @@ def run(config: ml_collections.ConfigDict, root: str | pathlib.Path,
     echo(f'\nStage 7/{STAGES} skipped: the export extra is not installed '
          "(pip install -e '.[export]')")
   else:
-    from quantum_alpha_jax.export import pipeline as export  # pylint: disable=g-import-not-at-top
+    from quantum_alpha_jax.ship.export import pipeline as export  # pylint: disable=g-import-not-at-top
     export_config = config.export
     with export_config.unlocked():
       for name in export_config.models:

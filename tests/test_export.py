@@ -23,9 +23,9 @@ from quantum_alpha_jax.data import store
 from quantum_alpha_jax.data import windows
 from quantum_alpha_jax.data.features import FEATURES
 from quantum_alpha_jax.errors import ConfigError, SchemaError
-from quantum_alpha_jax.export import ExportError
-from quantum_alpha_jax.export import pipeline
-from quantum_alpha_jax.export import require
+from quantum_alpha_jax.ship.export import ExportError
+from quantum_alpha_jax.ship.export import pipeline
+from quantum_alpha_jax.ship.export import require
 from quantum_alpha_jax.tasks import lstm
 from quantum_alpha_jax.tasks import oracle
 from quantum_alpha_jax.tasks import registry
@@ -38,13 +38,13 @@ SPLITS = {'train': ('2024-01-01', '2024-01-20'), 'validation': ('2024-01-20', '2
 def _onnx_backends():
   pytest.importorskip('jax2onnx')
   pytest.importorskip('onnxruntime')
-  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
   return onnx_lib
 
 
 def _saved_model_backend():
   pytest.importorskip('tensorflow')
-  from quantum_alpha_jax.export import saved_model  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import saved_model  # pylint: disable=g-import-not-at-top
   return saved_model
 
 

@@ -111,9 +111,9 @@ def test_it_exports_to_onnx_through_its_registry_entry(linear_run, tmp_path):
   builder in the task registry, and the ONNX file matches JAX (random windows: the fixture's run
   trained on frames passed in memory, so there is no store to read real windows from)."""
   pytest.importorskip('jax2onnx')
-  from quantum_alpha_jax.export import inference as inference_lib  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import pipeline  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import inference as inference_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import pipeline  # pylint: disable=g-import-not-at-top
   workdir, _ = linear_run
   inference = inference_lib.load_inference('linear', workdir)
   assert inference.metadata['source_workdir'] == str(workdir.resolve())

@@ -94,7 +94,7 @@ def real_run(tmp_path_factory) -> RealRun:
   require_shared_data()
   pytest.importorskip('jax2onnx')
   pytest.importorskip('onnxruntime')
-  from quantum_alpha_jax.export import pipeline  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import pipeline  # pylint: disable=g-import-not-at-top
   from quantum_alpha_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('serve')
   data = _data(root)

@@ -71,9 +71,6 @@ from quantum_alpha_jax.fills import DEFAULT_INITIAL_CAPITAL
 from quantum_alpha_jax.fills import DEFAULT_SLIPPAGE_BPS
 from quantum_alpha_jax.fills import observed_flags
 from quantum_alpha_jax.fills import simulate
-# transitional (#17): the lead removes this once tasks/ import quantum_alpha_jax.fills
-# (engine.fill_at_open: tasks/strategist/rollout_core.py, serve/strategist_state.py at HEAD).
-from quantum_alpha_jax.fills import fill_at_open  # pylint: disable=unused-import
 
 TRADE_COLUMNS = ('direction', 'entry_bar', 'exit_bar', 'entry_time', 'exit_time', 'entry_price',
                  'exit_price', 'size', 'pnl', 'fees', 'return', 'bars_held', 'closed')

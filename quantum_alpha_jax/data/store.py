@@ -32,9 +32,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantum_alpha_jax.artifacts import atomic_write_json
-# transitional (#17): the lead removes this once tasks/, export/, update.py import artifacts
-# (export/onnx.py still imports atomic_write from here).
-from quantum_alpha_jax.artifacts import atomic_write  # pylint: disable=unused-import
 from quantum_alpha_jax.data import schema
 from quantum_alpha_jax.data.features import EXTRA_FEATURES, FEATURES
 from quantum_alpha_jax.errors import DataError, SchemaError, describe

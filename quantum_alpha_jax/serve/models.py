@@ -1,6 +1,6 @@
 """The exported models a decision service runs: loaded from an export directory, checked, batch 1.
 
-:func:`load_models` reads ``<export>/manifest.json`` (written by ``export/pipeline.py``) and builds,
+:func:`load_models` reads ``<export>/manifest.json`` (written by ``ship/export/pipeline.py``) and builds,
 per model of the ensemble, a runner of one window (batch 1):
 
 - the Oracle and the Guardian through onnxruntime (``backend='onnx'``, the default; one intra-op
@@ -112,13 +112,13 @@ def check_entry(name: str, entry: Mapping[str, Any], directory: pathlib.Path
                 ) -> windows.Normalizer:
   """Refuses (SchemaError) a manifest entry whose feature order or normaliser does not match the
   stream, or whose ONNX file's metadata disagrees with the manifest; returns its normaliser."""
-  from quantum_alpha_jax.export import inference  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import inference  # pylint: disable=g-import-not-at-top
   where = f'export {directory} model {name!r}'
   inference.check_feature_names(entry.get('feature_names'), FEATURES, where)
   normalizer = check_normalizer(entry.get('normalizer'), where)
   onnx_file = entry.get('files', {}).get('onnx', {}).get('path')
   if onnx_file:
-    from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+    from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
     metadata = onnx_lib.check_metadata(directory / onnx_file, FEATURES)
     if metadata.get('normalizer') != entry.get('normalizer'):
       raise SchemaError(describe(
@@ -129,7 +129,7 @@ def check_entry(name: str, entry: Mapping[str, Any], directory: pathlib.Path
 
 def _onnx_runner(path: pathlib.Path, entry: Mapping[str, Any]
                  ) -> Callable[..., dict[str, np.ndarray]]:
-  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
   session = onnx_lib.session(path, threads=1)
   inputs = [spec['name'] for spec in entry['inputs']]
   outputs = [spec['name'] for spec in entry['outputs']]
@@ -142,7 +142,7 @@ def _onnx_runner(path: pathlib.Path, entry: Mapping[str, Any]
 
 def _jax_runner(name: str, workdir: str) -> Callable[..., dict[str, np.ndarray]]:
   import jax  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import inference  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import inference  # pylint: disable=g-import-not-at-top
   function = inference.load_inference(name, workdir)
 
   def run(*arrays: np.ndarray) -> dict[str, np.ndarray]:
@@ -179,13 +179,13 @@ def load_models(directory: str | pathlib.Path, *, backend: str = 'onnx',
         raise ConfigError(describe(f'export {directory} model {name!r}', 'has no ONNX file',
                                    "export with formats including 'onnx', or serve with "
                                    '--backend=jax'))
-      from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+      from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
       path = directory / entry['files']['onnx']['path']
       metadata = onnx_lib.read_metadata(path)
       run = _onnx_runner(path, entry)
     else:
       run = _jax_runner(name, entry['source']['workdir'])
-      from quantum_alpha_jax.export import inference  # pylint: disable=g-import-not-at-top
+      from quantum_alpha_jax.ship.export import inference  # pylint: disable=g-import-not-at-top
       metadata = dict(inference.read_record(entry['source']['workdir']))
       if name == 'guardian':
         from quantum_alpha_jax.tasks import guardian  # pylint: disable=g-import-not-at-top

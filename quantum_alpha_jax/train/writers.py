@@ -22,10 +22,6 @@ import tensorboardX
 from quantum_alpha_jax import distributed
 from quantum_alpha_jax.artifacts import atomic_write
 from quantum_alpha_jax.artifacts import json_ready
-# transitional (#17): the lead removes this once tasks/, export/, update.py import artifacts
-# (left: export/pipeline.py calls writers.write_json, main_job.py writers.save_figure/write_json).
-from quantum_alpha_jax.artifacts import save_figure  # pylint: disable=unused-import
-from quantum_alpha_jax.artifacts import write_json  # pylint: disable=unused-import
 
 
 class MetricWriter:

@@ -53,4 +53,4 @@ ENTRY = registry.register(
     'guardian', title='Guardian', make_task=make_task, window_spec=window_spec,
     metrics=loss_metrics, run=run, load=load, bar_signals=saved_signals,
     signal_columns=SIGNAL_COLUMNS, evaluate=evaluate_saved, format_results=format_results,
-    export_fns='quantum_alpha_jax.export.inference:guardian')
+    export_fns='quantum_alpha_jax.ship.export.inference:guardian')

@@ -230,5 +230,5 @@ def register_forecaster(task_type: type[OracleTask], title: str) -> Any:
       task_type.name, title=title, make_task=task_type.from_config, window_spec=window_spec,
       metrics=loss_metrics, run=run_forecaster, load=load_forecaster, bar_signals=saved_signals,
       signal_columns=SIGNAL_COLUMNS, evaluate=evaluate_saved, format_results=format_forecaster,
-      export_fns='quantum_alpha_jax.export.inference:quantile_forecaster',
+      export_fns='quantum_alpha_jax.ship.export.inference:quantile_forecaster',
       export_args=(task_type.name,))

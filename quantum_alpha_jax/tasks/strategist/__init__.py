@@ -52,5 +52,5 @@ ENTRY = registry.register(
     'strategist', title='Strategist', make_task=make_task, window_spec=None,
     metrics=loss_metrics, run=run, load=load, bar_signals=saved_signals,
     signal_columns=TRADED_COLUMNS, evaluate=evaluate_saved, format_results=format_results,
-    export_fns={'strategist': 'quantum_alpha_jax.export.inference:strategist',
-                'strategist_step': 'quantum_alpha_jax.export.inference:strategist_step'})
+    export_fns={'strategist': 'quantum_alpha_jax.ship.export.inference:strategist',
+                'strategist_step': 'quantum_alpha_jax.ship.export.inference:strategist_step'})

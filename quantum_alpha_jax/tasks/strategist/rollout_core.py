@@ -9,7 +9,7 @@ from typing import Any, TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from quantum_alpha_jax.backtest import engine
+from quantum_alpha_jax import fills
 from quantum_alpha_jax.data import trajectories
 from quantum_alpha_jax.models import decision_transformer as dt
 
@@ -40,7 +40,7 @@ def rollout_core(task: StrategistTask, params: Any, features: jax.Array, open_pr
     cash, units, held, equity, position, before = account
     # 1. Fill p_{t-1} at this bar's open (the engine's rule: trade when the target changed since
     #    the last observed open; nothing trades at a hole-filling bar), mark the close.
-    (cash, units, held), _ = engine.fill_at_open(
+    (cash, units, held), _ = fills.fill_at_open(
         (cash, units, held), position, bar_open, position != before, fee_rate=fee_rate,
         slippage=slippage, observed=bar_observed)
     position_before = jnp.where(bar_observed, position, before)

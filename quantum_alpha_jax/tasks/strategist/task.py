@@ -17,7 +17,7 @@ key/value cache; each run of consecutive usable bars starts a new episode. At st
 bar t):
 
 1. the environment fills the previous target ``p_{t-1}`` at bar t's open with the backtest engine's
-   fee and fill rule (:func:`backtest.engine.fill_at_open`), marks equity ``E_t`` at the close and
+   fee and fill rule (:func:`quantum_alpha_jax.fills.fill_at_open`), marks equity ``E_t`` at the close and
    pays ``ρ_{t-1} = reward_scale · log(E_t / E_{t-1})``;
 2. the return token becomes ``(R̂_{t-1} - rtg_scale · ρ_{t-1}) / γ`` (``rtg_scale`` times the target
    return at the episode's first step), the return still to be earned;

@@ -21,10 +21,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from quantum_alpha_jax.export import ExportError
-from quantum_alpha_jax.export import require
-from quantum_alpha_jax.export.inference import InferenceFunction
-from quantum_alpha_jax.export.inference import check_feature_names
+from quantum_alpha_jax.ship.export import ExportError
+from quantum_alpha_jax.ship.export import require
+from quantum_alpha_jax.ship.export.inference import InferenceFunction
+from quantum_alpha_jax.ship.export.inference import check_feature_names
 from quantum_alpha_jax.errors import describe
 
 SIGNATURE = 'serving_default'
@@ -90,7 +90,7 @@ def read_metadata(directory: str | pathlib.Path) -> dict[str, Any]:
   path = pathlib.Path(directory) / METADATA_FILE
   if not path.is_file():
     raise ExportError(describe(str(directory), f'no {METADATA_FILE} (not exported by '
-                               'quantum_alpha_jax.export?)', 'run experiments.export first'))
+                               'quantum_alpha_jax.ship.export?)', 'run experiments.export first'))
   return json.loads(path.read_text())
 
 

@@ -32,8 +32,8 @@ import pandas as pd
 from quantum_alpha_jax import artifacts
 from quantum_alpha_jax.data.store import sha256_file
 from quantum_alpha_jax.errors import ConfigError, describe
-from quantum_alpha_jax.export import ExportError
-from quantum_alpha_jax.export import inference as inference_lib
+from quantum_alpha_jax.ship.export import ExportError
+from quantum_alpha_jax.ship.export import inference as inference_lib
 from quantum_alpha_jax.tasks import registry
 
 FORMATS = ('onnx', 'saved_model')
@@ -134,8 +134,8 @@ def _check_config(config: ml_collections.ConfigDict
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Exports every model of ``config.models`` into ``workdir``; returns the manifest (also
   written to ``workdir/manifest.json``)."""
-  from quantum_alpha_jax.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.export import saved_model  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import onnx as onnx_lib  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.ship.export import saved_model  # pylint: disable=g-import-not-at-top
 
   models, skipped = _check_config(config)
   workdir = pathlib.Path(workdir)

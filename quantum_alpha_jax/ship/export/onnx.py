@@ -22,10 +22,10 @@ import jax
 import numpy as np
 
 from quantum_alpha_jax.artifacts import atomic_write
-from quantum_alpha_jax.export import ExportError
-from quantum_alpha_jax.export import require
-from quantum_alpha_jax.export.inference import InferenceFunction
-from quantum_alpha_jax.export.inference import check_feature_names
+from quantum_alpha_jax.ship.export import ExportError
+from quantum_alpha_jax.ship.export import require
+from quantum_alpha_jax.ship.export.inference import InferenceFunction
+from quantum_alpha_jax.ship.export.inference import check_feature_names
 from quantum_alpha_jax.errors import describe
 
 BATCH = 'batch'  # the symbolic batch dimension's name in the graph
