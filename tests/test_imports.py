@@ -156,3 +156,10 @@ def test_the_walk_finds_function_local_and_relative_imports(tmp_path, statement,
   (data / 'reader.py').write_text(f'import numpy\n\n\ndef read():\n  {statement}\n')
   found = violations(tmp_path, allowed={})
   assert len(found) == 1 and found[0].startswith(f'{PACKAGE}/data/reader.py:5: {arrow} ('), found
+
+
+def test_no_library_file_is_over_500_lines():
+  """A file over 500 lines holds more than one job: split it by job (DESIGN.md)."""
+  long = {str(path.relative_to(ROOT)): count for path in (ROOT / PACKAGE).rglob('*.py')
+          if (count := len(path.read_text(encoding='utf-8').splitlines())) > 500}
+  assert not long, f'split these by job: {long}'

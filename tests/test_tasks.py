@@ -179,12 +179,6 @@ def test_training_statistics_are_read_under_one_key_and_the_old_ones():
   assert runner.training_statistics({'normalizer': {}}, 'oracle') is None
 
 
-def test_no_task_file_is_over_500_lines():
-  long = {str(path.relative_to(PACKAGE)): count for path in (PACKAGE / 'tasks').rglob('*.py')
-          if (count := len(path.read_text(encoding='utf-8').splitlines())) > 500}
-  assert not long, f'split these by job (DESIGN.md): {long}'
-
-
 def test_the_export_builder_is_found_from_the_entry():
   builder = registry.get('guardian').export_builder()
   assert callable(builder) and builder.__name__ == 'guardian'

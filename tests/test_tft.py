@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from quantum_alpha_jax.models import layers
+from quantum_alpha_jax.models import variable_selection
 from quantum_alpha_jax.models.tft import TemporalFusionTransformer
 
 BATCH, ENCODER, DECODER, OBSERVED, KNOWN = 3, 12, 5, 6, 3
@@ -230,7 +231,7 @@ def test_vectorised_variable_selection_matches_per_variable_loop(chunk_rows):
   rng = np.random.default_rng(4)
   inputs = rng.normal(size=(3, 4, 7)).astype(np.float32)
   context = rng.normal(size=(3, 1, 5)).astype(np.float32)
-  module = layers.VariableSelectionNetwork(hidden_size=6, embedding_size=4, chunk_rows=chunk_rows)
+  module = variable_selection.VariableSelectionNetwork(hidden_size=6, embedding_size=4, chunk_rows=chunk_rows)
   variables = random_params(module, inputs, context, seed=5)
   selected, weights = jax.jit(module.apply)(variables, inputs, context)
   expected, expected_weights = numpy_variable_selection(

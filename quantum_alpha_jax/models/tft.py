@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from quantum_alpha_jax.models import layers
+from quantum_alpha_jax.models import variable_selection
 
 # Order of the four static contexts produced by the stacked static-context GRN.
 _STATIC_CONTEXTS = ('variable_selection', 'lstm_hidden', 'lstm_cell', 'enrichment')
@@ -50,7 +51,7 @@ class TemporalFusionTransformer(nn.Module):
     dropout_rate: dropout in GRNs, GLUs, attention and between LSTM layers.
     quantiles: the forecast quantiles, one output each.
     variable_chunk_rows: rows (batch × time) whose per-variable GRNs run together in variable
-      selection (``layers.VariableSelectionNetwork.chunk_rows``; None: 128 on CPU, one chunk on
+      selection (``variable_selection.VariableSelectionNetwork.chunk_rows``; None: 128 on CPU, one chunk on
       accelerators): a speed knob, the outputs do not depend on it.
   """
 
@@ -101,11 +102,11 @@ class TemporalFusionTransformer(nn.Module):
         contexts[index] for index in range(len(_STATIC_CONTEXTS)))
 
     # 2. Variable selection (the static context broadcasts over time).
-    encoder_selected, encoder_weights = layers.VariableSelectionNetwork(
+    encoder_selected, encoder_weights = variable_selection.VariableSelectionNetwork(
         hidden, self.hidden_continuous_size, self.dropout_rate,
         chunk_rows=self.variable_chunk_rows, name='encoder_variable_selection')(
             encoder, selection_context[:, None, :], deterministic=deterministic)
-    decoder_selected, decoder_weights = layers.VariableSelectionNetwork(
+    decoder_selected, decoder_weights = variable_selection.VariableSelectionNetwork(
         hidden, self.hidden_continuous_size, self.dropout_rate,
         chunk_rows=self.variable_chunk_rows, name='decoder_variable_selection')(
             decoder_known, selection_context[:, None, :], deterministic=deterministic)
