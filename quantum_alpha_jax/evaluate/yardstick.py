@@ -109,7 +109,8 @@ def format_yardstick(rows: list[Mapping[str, Any]], ceiling: Mapping[str, Any] |
       top = '—' if pinball['ceiling'] is None else f'{pinball["ceiling"]:.6f}'
       lines.append(f'  {"":<11} pinball loss: model {pinball["model"]:.6f}, climatology '
                    f'{pinball["climatology"]:.6f}, ceiling {top}')
-    if row.get('conditioning_spearman') is not None:
+    # A constant target (one return token, as with selection='best') has no conditioning curve.
+    if row.get('conditioning_spearman') is not None and np.isfinite(row['conditioning_spearman']):
       lines.append(f'  {"":<11} conditioning curve Spearman (target vs realised return): '
                    f'{row["conditioning_spearman"]:+.2f}')
   lines.append('  edge: (model - best naive) / (ceiling - best naive); the gain is paired on the '
