@@ -24,45 +24,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantum_alpha_jax import fills
-from quantum_alpha_jax.data import trajectories
 from quantum_alpha_jax.models import decision_transformer as dt
+from quantum_alpha_jax.tasks.strategist import rollout_core
 
 
 def _before_decode(task: Any, account: tuple, token: jax.Array, timestep: jax.Array,
                    features: jax.Array, bar_open: jax.Array, bar_close: jax.Array,
                    bar_observed: jax.Array, first_token: jax.Array) -> tuple:
-  """Step 1-2 of ``_rollout_core``'s ``step``: fill the standing target at the open, mark the
-  close, the reward and the return token; the state ``[1, 45]`` holds the position held since the
-  open. Returns ``(account before the decision, new token, state)``."""
-  spec = task.spec
-  fee_rate, slippage = spec.fee_rate, spec.slippage_bps / 10_000
-  cash, units, held, equity, position, before = account
-  (cash, units, held), _ = fills.fill_at_open(
-      (cash, units, held), position, bar_open, position != before, fee_rate=fee_rate,
-      slippage=slippage, observed=bar_observed)
-  position_before = jnp.where(bar_observed, position, before)
-  marked = cash + units * bar_close
-  reward = spec.reward_scale * jnp.log(jnp.maximum(marked, 1e-12) / jnp.maximum(equity, 1e-12))
-  new_token = jnp.where((timestep == 0) | (spec.condition_on == 'behaviour'), first_token,
-                        (token - spec.rtg_scale * reward) / spec.discount)
-  state = jnp.concatenate([features, held[:, None]], axis=-1)
-  return (cash, units, held, marked, position, position_before), new_token, state
+  """The rollout's steps 1-2 (``rollout_core.before_decode``). Returns ``(account before the
+  decision, new token, state)``."""
+  account, new_token, state, _ = rollout_core.before_decode(
+      task.spec, account, token, timestep, features, bar_open, bar_close, bar_observed,
+      first_token)
+  return account, new_token, state
 
 
 def _after_decode(task: Any, account: tuple, action_logits: jax.Array, size: jax.Array) -> tuple:
-  """Step 3's decision: greedy action, the new position, the canonical action and its size token.
-  Returns ``(account, action, size token, outputs [4]: action, size, held, position)``."""
-  spec = task.spec
-  cash, units, held, marked, position, position_before = account
-  chosen = jnp.argmax(action_logits, -1).astype(jnp.int32)
-  new_position = trajectories.next_position(position, chosen, size, spec.allow_short, xp=jnp)
-  chosen = jnp.where(new_position == position, trajectories.HOLD, chosen)
-  sized = (chosen == trajectories.BUY) | ((chosen == trajectories.SELL) & spec.allow_short)
-  token_size = jnp.where(sized, jnp.abs(new_position), 0.0)
-  account = (cash, units, held, marked, new_position, position_before)
+  """The rollout's step 3 (``rollout_core.after_decode``). Returns ``(account, action, size
+  token, outputs [4]: action, size, held, position)``."""
+  account, chosen, token_size = rollout_core.after_decode(task.spec, account, action_logits, size)
   # One [4] array out (action, size, held, position): a single device-to-host copy per bar.
-  outputs = jnp.stack([chosen.astype(jnp.float32)[0], size[0], held[0], new_position[0]])
+  outputs = jnp.stack([chosen.astype(jnp.float32)[0], size[0], account[2][0], account[4][0]])
   return account, chosen, token_size, outputs
 
 
