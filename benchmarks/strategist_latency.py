@@ -138,14 +138,10 @@ def hf_decision_latency(calls: int, threads: int = 1, warmup: int = 5) -> dict[s
   at batch 1 with ``threads`` torch threads, in this process (needs torch and transformers)."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from benchmarks.strategist_vs_hf import CONTEXT, HEADS, HIDDEN, LAYERS, NUM_ACTIONS  # pylint: disable=g-import-not-at-top
-  from quantum_alpha_jax.data.features import FEATURES  # pylint: disable=g-import-not-at-top
+  from benchmarks.strategist_vs_hf import CONTEXT, hf_config  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  config = transformers.DecisionTransformerConfig(
-      state_dim=len(FEATURES) + 1, act_dim=NUM_ACTIONS + 1, hidden_size=HIDDEN, n_layer=LAYERS,
-      n_head=HEADS, n_inner=4 * HIDDEN, max_ep_len=CONTEXT, n_positions=3 * CONTEXT,
-      action_tanh=False, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.0)
+  config = hf_config()
   config.max_length = CONTEXT
   model = transformers.DecisionTransformerModel(config).eval()
 

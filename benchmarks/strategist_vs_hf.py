@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from benchmarks import side_by_side
 
@@ -54,6 +55,16 @@ def ours_child(args: argparse.Namespace) -> None:
       'compile_seconds': result['compile_seconds'], 'loss': result['loss']})
 
 
+def hf_config() -> Any:
+  """HF's ``DecisionTransformerConfig`` at the seed sizes (our loss reads its action logits)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  from quantum_alpha_jax.data.features import FEATURES  # pylint: disable=g-import-not-at-top
+  return transformers.DecisionTransformerConfig(
+      state_dim=len(FEATURES) + 1, act_dim=NUM_ACTIONS + 1, hidden_size=HIDDEN, n_layer=LAYERS,
+      n_head=HEADS, n_inner=4 * HIDDEN, max_ep_len=CONTEXT, n_positions=3 * CONTEXT,
+      action_tanh=False, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.0)
+
+
 def peer_child(args: argparse.Namespace) -> None:
   threads = side_by_side.apply_threads()
   import torch  # pylint: disable=g-import-not-at-top
@@ -63,11 +74,7 @@ def peer_child(args: argparse.Namespace) -> None:
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  config = transformers.DecisionTransformerConfig(
-      state_dim=len(FEATURES) + 1, act_dim=NUM_ACTIONS + 1, hidden_size=HIDDEN, n_layer=LAYERS,
-      n_head=HEADS, n_inner=4 * HIDDEN, max_ep_len=CONTEXT, n_positions=3 * CONTEXT,
-      action_tanh=False, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.0)
-  model = transformers.DecisionTransformerModel(config)
+  model = transformers.DecisionTransformerModel(hf_config())
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
   batch, steps = args.batch, CONTEXT
   generator = torch.Generator().manual_seed(0)
