@@ -29,7 +29,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Workdirs of the training runs; '' skips a model.
   config.models = ml_collections.ConfigDict({
       name: common.default_workdir(name + suffix)
-      for name in ('oracle', 'lstm', 'guardian', 'strategist')})
+      for name in ('oracle', 'lstm', 'linear', 'guardian', 'strategist')})
   # The Strategist's cached one-step decode (ship/export/inference.py strategist_step), from the same
   # run: what a server calls once per bar.
   config.models.strategist_step = config.models.strategist

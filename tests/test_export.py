@@ -332,13 +332,14 @@ def test_export_run_writes_files_and_manifest(drifting_market, tmp_path):
   lstm.run(config, tmp_path / 'lstm')
 
   export = export_config.get_config('quick')
-  export.models.update(oracle='', lstm=str(tmp_path / 'lstm'), guardian='',
+  export.models.update(oracle='', lstm=str(tmp_path / 'lstm'), linear='', guardian='',
                        strategist=str(tmp_path / 'not-trained'), strategist_step='')
   export.formats = formats
   manifest = pipeline.run(export, tmp_path / 'export')
   written = json.loads((tmp_path / 'export' / 'manifest.json').read_text())
   assert written['models'].keys() == {'lstm'}
-  assert written['skipped'] == {'oracle': 'no workdir given', 'guardian': 'no workdir given',
+  assert written['skipped'] == {'oracle': 'no workdir given', 'linear': 'no workdir given',
+                                'guardian': 'no workdir given',
                                 'strategist': f'no training run in {tmp_path / "not-trained"}',
                                 'strategist_step': 'no workdir given'}
   entry = manifest['models']['lstm']
