@@ -5,6 +5,8 @@ and its per-bar signals on any split.
 
 from __future__ import annotations
 
+import math
+
 import pathlib
 from typing import Any, Mapping
 
@@ -91,6 +93,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
       on_evaluate=on_evaluate)
 
 
+def _spearman_text(curve: Mapping[str, Any]) -> str:
+  """`` (Spearman x)`` of the conditioning curve; a note when its targets do not vary (one return
+  token, as with ``selection='best'``: NaN in memory, null in results.json)."""
+  if 'spearman_target_vs_realised' not in curve:
+    return ''
+  spearman = curve['spearman_target_vs_realised']
+  if isinstance(spearman, (int, float)) and math.isfinite(spearman):
+    return f' (Spearman {spearman:.2f})'
+  return ' (no Spearman: one target)'
+
+
 def format_results(results: Mapping[str, Any]) -> str:
   """A short table for people: the Strategist beside buy-and-hold and the heuristics."""
   train = results['train']
@@ -135,8 +148,7 @@ def format_results(results: Mapping[str, Any]) -> str:
     curve = report['conditioning_curve']
     lines.append('  conditioning target → realised (per episode): ' + ', '.join(
         f'{p["target_return"]:.3%} → {percent(p["mean_realised_return"])}' for p in curve['points'])
-        + (f' (Spearman {curve["spearman_target_vs_realised"]:.2f})'
-           if 'spearman_target_vs_realised' in curve else ''))
+        + _spearman_text(curve))
     lines.append(f'  rollout: {report["rollout"]["bars_per_second"]:.0f} bars/s; plots: '
                  f'{", ".join(report["plots"].values())}')
   lines.append(f'results: {results["results_json"]}')
