@@ -47,7 +47,10 @@ FILES = {'BTCUSDT': 'binance-spot-5m/BTC_USDT-5m.parquet',
 MODELS = ('oracle', 'guardian', 'strategist')
 SIGNALS = ('p_up', 'uncertainty', 'regime', 'risk_level', 'action', 'size', 'target_position')
 TIMINGS = ('latency_ms', 'model_ms')
-P_UP_TOLERANCE = 1e-5  # ONNX (onnxruntime) against the batch path's jitted JAX, float32
+# ONNX (onnxruntime) against the batch path's jitted JAX, float32. Over the whole of 2023-H2
+# (SERVE_TEST_END=2024-01-01, 105,982 bars) P(up) differed by more than 1e-5 on 3 bars, by at most
+# 3.1e-5 (the piecewise-linear CDF over sorted quantiles amplifies a near-tie); never in a target.
+P_UP_TOLERANCE = 1e-4
 # One float32 rounding of a position in [0, 1]: the Strategist's size head at batch 1 (the service,
 # one symbol) and at batch 2 (the batch rollout, both symbols in one scan) compile to different
 # matmuls; the batch path itself moves by as much between its own batch sizes 1 and 2.
