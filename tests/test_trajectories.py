@@ -266,3 +266,46 @@ def test_best_selection_keeps_the_behaviour_with_the_highest_return_after_fees(m
   np.testing.assert_allclose(tokens, first.mean(), rtol=1e-5)  # unscaled, as every token
   with pytest.raises(ConfigError, match='selection'):
     tr.TrajectorySpec(selection='greedy', **common)
+
+
+def test_contrast_episodes_keep_another_behaviour_and_carry_a_lower_token(market, tmp_path):
+  """selection='best' with contrast_fraction: that share of the starts keeps a behaviour other than
+  the winner (acted exactly as alone), the rest the winner; with condition_on='behaviour' the
+  winners carry their mean R_0 and each contrast behaviour its own mean among contrast episodes,
+  every one of them below the winners' token."""
+  common = dict(episode_length=24, stride=5, allow_short=False, rule_noise=0.0, sizes=(1.0,),
+                policies=('trend', 'mean_reversion', 'flat'), policy_weights=(1.0, 1.0, 1.0),
+                selection='best')
+  spec = tr.TrajectorySpec(contrast_fraction=0.4, **common)
+  arrays = windows.WindowArrays.from_frames(market, tmp_path / 'cache')
+  starts = tr.episode_starts(arrays, np.flatnonzero(np.asarray(arrays.valid)), 24, 5)
+  kept = tr.generate_episodes(arrays, starts, spec, seed=3)
+  alone = {name: tr.generate_episodes(arrays, starts, spec, seed=3, policies=(name,))
+           for name in spec.behaviours}
+  totals = np.stack([alone[name]['rewards'].sum(axis=1) for name in spec.behaviours])
+  winner = totals.argmax(axis=0)
+  contrast = ~kept['best']
+  assert 0.3 < contrast.mean() < 0.5, contrast.mean()
+  np.testing.assert_array_equal(kept['behaviour'][~contrast], winner[~contrast])
+  assert (kept['behaviour'][contrast] != winner[contrast]).all()
+  for index, name in enumerate(spec.behaviours):
+    chosen = kept['behaviour'] == index
+    np.testing.assert_array_equal(kept['positions'][chosen], alone[name]['positions'][chosen])
+  # Without contrast nothing changes: every episode keeps its winner.
+  assert tr.generate_episodes(arrays, starts, tr.TrajectorySpec(**common), seed=3)['best'].all()
+  splits = [windows.Split('train', '2024-01-01', '2024-01-06'),
+            windows.Split('validation', '2024-01-06', '2024-01-09')]
+  conditioned = tr.TrajectorySpec(contrast_fraction=0.4, condition_on='behaviour', **common)
+  data, _ = tr.make_datasets(market, conditioned, splits, 16, tmp_path / 'cache2', num_devices=1,
+                             shard_index=0, shard_count=1)
+  train = data['train'].source
+  tokens = train.return_tokens(np.arange(len(train)))[:, 0].astype(np.float64)
+  first = train.episodes['returns_to_go'][:, 0].astype(np.float64)
+  best = train.episodes['best']
+  np.testing.assert_allclose(tokens[best], first[best].mean(), rtol=1e-5)
+  for index in np.unique(train.episodes['behaviour'][~best]):
+    group = ~best & (train.episodes['behaviour'] == index)
+    np.testing.assert_allclose(tokens[group], first[group].mean(), rtol=1e-5, atol=1e-9)
+  assert tokens[~best].max() < tokens[best].min()
+  with pytest.raises(ConfigError, match='contrast_fraction'):
+    tr.TrajectorySpec(contrast_fraction=1.0, **common)

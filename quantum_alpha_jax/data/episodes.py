@@ -80,6 +80,8 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
   of positive weight acted from the same start (trajectories' module docstring).
 
   Returns ``start_row [E]``, ``behaviour [E]`` (index into ``spec.behaviours``; the kept one),
+  ``best [E]`` (True where the episode keeps its start's winning behaviour: ``selection='best'``
+  except the ``spec.contrast_fraction`` of contrast episodes, which keep another one at random),
   ``initial_position [E]``, ``positions``, ``rewards`` and ``returns_to_go`` (unscaled)
   ``[E, L]`` float32. ``policies`` overrides the mixture (e.g. ``('oracle',)`` with the spec's first
   oracle noise level: the exact hindsight oracle when it is 0).
@@ -120,6 +122,7 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
          'rewards': np.zeros((len(starts), length), np.float32),
          'returns_to_go': np.zeros((len(starts), length), np.float32)}
   best = spec.selection == 'best' and policies is None
+  best_kept = np.zeros(len(starts), bool)  # the episode follows its start's winning behaviour
   candidates = np.flatnonzero(weights > 0)
   for begin in range(0, len(starts), _GENERATION_CHUNK):
     part = slice(begin, begin + _GENERATION_CHUNK)
@@ -163,8 +166,18 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
       acted = np.stack([act(kind, everyone) for kind in candidates])  # [B, E, L]
       scored = np.stack([score(positions) for positions in acted])
       winner = np.argmax(scored.sum(axis=2), axis=0)  # the first of equals: table order
-      behaviour[part] = candidates[winner]
-      positions = acted[winner, np.arange(len(winner))]
+      if spec.contrast_fraction > 0 and len(candidates) > 1:
+        # Contrast episodes: another behaviour than the winner, drawn uniformly, so that the
+        # return tokens span good and worse behaviours (a conditioning curve to climb).
+        contrast = chunk_rng.random(len(winner)) < spec.contrast_fraction
+        other = (winner + chunk_rng.integers(1, len(candidates), len(winner))) % len(candidates)
+        chosen = np.where(contrast, other, winner)
+      else:
+        contrast = np.zeros(len(winner), bool)
+        chosen = winner
+      behaviour[part] = candidates[chosen]
+      best_kept[part] = ~contrast
+      positions = acted[chosen, np.arange(len(chosen))]
     else:
       kinds = behaviour[part]
       positions = np.zeros((len(kinds), length))
@@ -176,5 +189,6 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
     out['positions'][part] = positions
     out['rewards'][part] = rewards
     out['returns_to_go'][part] = policies_lib.discounted_returns_to_go(rewards, spec.discount)
-  return {'start_row': starts, 'behaviour': behaviour, 'size': size.astype(np.float32),
+  return {'start_row': starts, 'behaviour': behaviour, 'best': best_kept,
+          'size': size.astype(np.float32),
           'initial_position': initial.astype(np.float32), **out}

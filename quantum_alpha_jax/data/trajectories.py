@@ -63,7 +63,10 @@ same start and the episode keeps the one whose return after fees is highest: the
 episode's future (training labels only, like the Oracle's targets), the positions are those of a
 causal rule, so a model imitating the kept episodes must tell from the past which rule the coming
 bars will favour (trend in a trend, flat in a sideways chop). With ``condition_on='behaviour'`` the
-kept episodes form one behaviour, "the best rule", and carry one token.
+kept episodes form one behaviour, "the best rule", and carry one token. With ``contrast_fraction``
+a share of the starts keeps instead another behaviour drawn at random (a contrast episode), whose
+token is that behaviour's mean return among contrast episodes: every such token is below the
+winners', so the model learns what a lower target asks for and the conditioning curve can rise.
 
 The rules (trend, momentum, mean reversion) deviate at random with ``rule_noise`` (a per-episode
 rate: at such a bar they go long or out at random) and come back when their rule next fires, so the
@@ -148,6 +151,11 @@ class TrajectorySpec:
   # with condition_on='behaviour' every episode then carries one token, the kept episodes' mean
   # R_0 on the training split; module docstring).
   selection: str = 'sampled'
+  # With selection='best': the share of starts that keep, instead of the winner, another of the
+  # behaviours drawn uniformly (contrast episodes). With condition_on='behaviour' they carry their
+  # behaviour's mean return among contrast episodes, the winners one higher token, so the tokens
+  # span good and worse behaviours and a target below the best asks for a worse one.
+  contrast_fraction: float = 0.0
   sizes: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
   initial_flat_probability: float = 0.5
   fee_rate: float = fills.DEFAULT_FEE_RATE
@@ -174,6 +182,8 @@ class TrajectorySpec:
         ('reward_scale', self.reward_scale, self.reward_scale > 0, 'use a positive scale'),
         ('rtg_scale', self.rtg_scale, self.rtg_scale > 0, 'use a positive scale, e.g. 1000'),
         ('rule_noise', self.rule_noise, 0 <= self.rule_noise <= 1, 'use a probability in [0, 1]'),
+        ('contrast_fraction', self.contrast_fraction, 0 <= self.contrast_fraction < 1,
+         "use a share in [0, 1) (with selection='best')"),
         ('initial_flat_probability', self.initial_flat_probability,
          0 <= self.initial_flat_probability <= 1, 'use a probability in [0, 1]'),
         ('fee_rate', self.fee_rate, 0 <= self.fee_rate < 1, 'use a rate per side such as 0.001'),
@@ -392,9 +402,8 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
       raise errors.ConfigError(errors.describe(
           'trajectories.make_datasets', f"condition_on='behaviour' needs the {train_split!r} "
           'split (the behaviours\' mean returns come from it)', 'add it to the splits'))
-    if spec.selection == 'best':  # one behaviour, "the best rule": one token
-      means = np.array([generated[train_split]['returns_to_go'][:, 0].astype(np.float64).mean()])
-      group = lambda episodes: np.zeros(len(episodes['start_row']), np.int64)
+    if spec.selection == 'best':  # "the best rule" one token; contrast episodes their behaviour's
+      means, group = best_means(generated[train_split], spec), best_groups
     else:
       means, group = behaviour_means(generated[train_split], spec), functools.partial(behaviour_groups, spec=spec)
     for episodes in generated.values():
@@ -415,6 +424,22 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
       steps = len(dataset)
     result[split.name] = windows.SplitData(split, source, dataset, steps)
   return result, normalizer
+
+
+def best_groups(episodes: Mapping[str, np.ndarray]) -> np.ndarray:
+  """``[E]`` with ``selection='best'``: 0 for an episode that keeps its start's winner, else
+  ``1 + behaviour`` (a contrast episode, ``TrajectorySpec.contrast_fraction``)."""
+  return np.where(episodes['best'], 0, 1 + episodes['behaviour'].astype(np.int64))
+
+
+def best_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
+  """``[1 + behaviours]``: the mean first return-to-go of the winners' episodes, then of each
+  behaviour's contrast episodes (0 where none), indexed by :func:`best_groups`."""
+  count = 1 + len(spec.behaviours)
+  groups = best_groups(episodes)
+  first = episodes['returns_to_go'][:, 0].astype(np.float64)
+  numbers = np.bincount(groups, minlength=count)
+  return np.bincount(groups, weights=first, minlength=count) / np.maximum(numbers, 1)
 
 
 def behaviour_groups(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
