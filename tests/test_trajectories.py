@@ -309,3 +309,35 @@ def test_contrast_episodes_keep_another_behaviour_and_carry_a_lower_token(market
   assert tokens[~best].max() < tokens[best].min()
   with pytest.raises(ConfigError, match='contrast_fraction'):
     tr.TrajectorySpec(contrast_fraction=1.0, **common)
+
+
+def test_selection_horizon_chooses_the_winner_over_the_episode_and_the_bars_after_it(market,
+                                                                                     tmp_path):
+  """selection_horizon H: the kept behaviour is the one with the highest return over the episode's
+  L bars and the next H, acting on through them (each acted alone over L + H bars from the same
+  start), and the episode keeps its first L bars and their rewards."""
+  length, horizon = 24, 48
+  common = dict(stride=5, allow_short=False, rule_noise=0.0, sizes=(1.0,),
+                policies=('trend', 'mean_reversion', 'flat'), policy_weights=(1.0, 1.0, 1.0))
+  spec = tr.TrajectorySpec(episode_length=length, selection='best', selection_horizon=horizon,
+                           **common)
+  arrays = windows.WindowArrays.from_frames(market, tmp_path / 'cache')
+  starts = tr.episode_starts(arrays, np.flatnonzero(np.asarray(arrays.valid)), length + horizon, 5)
+  kept = tr.generate_episodes(arrays, starts, spec, seed=3)
+  long = tr.TrajectorySpec(episode_length=length + horizon, **common)
+  alone = {name: tr.generate_episodes(arrays, starts, long, seed=3, policies=(name,))
+           for name in spec.behaviours}
+  totals = np.stack([alone[name]['rewards'].sum(axis=1) for name in spec.behaviours])
+  np.testing.assert_array_equal(kept['behaviour'], totals.argmax(axis=0))
+  for index, name in enumerate(spec.behaviours):
+    chosen = kept['behaviour'] == index
+    np.testing.assert_array_equal(kept['positions'][chosen],
+                                  alone[name]['positions'][chosen, :length])
+  short = tr.generate_episodes(arrays, starts, tr.TrajectorySpec(
+      episode_length=length, selection='best', **common), seed=3)
+  # The horizon changes the choice (else this test could not tell it from the episode alone).
+  assert (short['behaviour'] != kept['behaviour']).mean() > 0.1
+  same = short['behaviour'] == kept['behaviour']
+  np.testing.assert_allclose(kept['rewards'][same], short['rewards'][same], atol=1e-7)
+  with pytest.raises(ConfigError, match='selection_horizon'):
+    tr.TrajectorySpec(episode_length=length, selection_horizon=-1, **common)

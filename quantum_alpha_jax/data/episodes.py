@@ -112,7 +112,6 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
   direction = np.where(spec.allow_short & (rng.random(len(starts)) < 0.5), -1.0, 1.0)
   initial = np.where(flat, 0.0, direction * size)
   length = spec.episode_length
-  offsets = np.arange(-1, length + 1)
   close = np.asarray(arrays.close)
   log_close = np.log(close)
   next_returns_all = log_close[starts[:, None] + np.arange(1, length + 1)] - log_close[
@@ -124,17 +123,33 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
   best = spec.selection == 'best' and policies is None
   best_kept = np.zeros(len(starts), bool)  # the episode follows its start's winning behaviour
   candidates = np.flatnonzero(weights > 0)
+  # The winner is chosen on the episode and the next selection_horizon bars, acted on by the same
+  # behaviour (the episode keeps its first L bars): a choice about the coming hours, not 24 bars of
+  # noise. The starts must leave those bars (make_datasets cuts them with the horizon).
+  span = length + (spec.selection_horizon if best else 0)
+  if span > length and 'oracle' in {table[kind][1] for kind in candidates}:
+    raise errors.ConfigError(errors.describe(
+        'config.trajectories.selection_horizon', 'the hindsight oracle is among the behaviours',
+        'use selection_horizon=0 with the oracle, or drop it from the policies'))
+  if span > length and (starts.max(initial=0) + span >= arrays.num_rows):
+    raise errors.DataError(errors.describe(
+        'generate_episodes', f'an episode start leaves fewer than {span + 1} bars for the '
+        'selection horizon', 'cut the starts with episode_starts(..., episode_length + horizon)'))
   for begin in range(0, len(starts), _GENERATION_CHUNK):
     part = slice(begin, begin + _GENERATION_CHUNK)
-    rows = starts[part, None] + offsets  # [E, L + 2]: r-1 .. r+L
-    raw = np.take(arrays.features, rows[:, 1:length + 1], axis=0).astype(np.float64)
+    scored_rows = starts[part, None] + np.arange(-1, span + 1)  # [E, span + 2]: r-1 .. r+span
+    rows = scored_rows[:, :length + 2]  # [E, L + 2]: r-1 .. r+L
+    raw = np.take(arrays.features, scored_rows[:, 1:span + 1], axis=0).astype(np.float64)
     sizes, start_level = size[part], np.sign(initial[part])
     chunk_rng = np.random.default_rng([spec.seed, seed, begin])
-    open_price = np.take(arrays.features[:, FEATURES.index('open')], rows).astype(np.float64)
-    observed = np.take(np.asarray(arrays.observed, bool), rows)
+    scored_open = np.take(arrays.features[:, FEATURES.index('open')],
+                          scored_rows).astype(np.float64)
+    scored_observed = np.take(np.asarray(arrays.observed, bool), scored_rows)
+    open_price, observed = scored_open[:, :length + 2], scored_observed[:, :length + 2]
 
     def act(kind: int, selected: np.ndarray) -> np.ndarray:
-      """Positions ``[selected episodes, L]`` of behaviour ``kind``."""
+      """Positions ``[selected episodes, span]`` of behaviour ``kind`` (span = L unless a
+      selection horizon extends the best selection)."""
       _, policy, parameter, _ = table[kind]
       if policy == 'oracle':
         gains = next_returns_all[part][selected]
@@ -151,9 +166,9 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
           events = np.where(deviate, wrong, events)
         levels = policies_lib.forward_fill(events, start_level[selected])
       elif policy == 'flat':
-        levels = np.zeros((int(selected.sum()), length))
+        levels = np.zeros((int(selected.sum()), span))
       else:
-        return policies_lib.random_positions(chunk_rng, (int(selected.sum()), length),
+        return policies_lib.random_positions(chunk_rng, (int(selected.sum()), span),
                                              initial[part][selected], spec.allow_short)
       return levels * sizes[selected, None]
 
@@ -163,8 +178,10 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
 
     if best:  # every behaviour from every start; keep the one with the highest episode return
       everyone = np.ones(len(sizes), bool)
-      acted = np.stack([act(kind, everyone) for kind in candidates])  # [B, E, L]
-      scored = np.stack([score(positions) for positions in acted])
+      acted = np.stack([act(kind, everyone) for kind in candidates])  # [B, E, span]
+      scored = np.stack([episode_rewards(initial[part], positions.astype(np.float32),
+                                         scored_open, close[scored_rows], spec,
+                                         observed=scored_observed) for positions in acted])
       winner = np.argmax(scored.sum(axis=2), axis=0)  # the first of equals: table order
       if spec.contrast_fraction > 0 and len(candidates) > 1:
         # Contrast episodes: another behaviour than the winner, drawn uniformly, so that the
@@ -177,7 +194,7 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
         chosen = winner
       behaviour[part] = candidates[chosen]
       best_kept[part] = ~contrast
-      positions = acted[chosen, np.arange(len(chosen))]
+      positions = acted[chosen, np.arange(len(chosen)), :length]
     else:
       kinds = behaviour[part]
       positions = np.zeros((len(kinds), length))

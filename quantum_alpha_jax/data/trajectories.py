@@ -67,6 +67,9 @@ kept episodes form one behaviour, "the best rule", and carry one token. With ``c
 a share of the starts keeps instead another behaviour drawn at random (a contrast episode), whose
 token is that behaviour's mean return among contrast episodes: every such token is below the
 winners', so the model learns what a lower target asks for and the conditioning curve can rise.
+With ``selection_horizon`` H the winner is chosen on the episode's bars and the next H, each
+behaviour acting on through them, and the episode keeps its first L bars: the label says which rule
+the coming hours favour rather than which one the noise of one context favoured.
 
 The rules (trend, momentum, mean reversion) deviate at random with ``rule_noise`` (a per-episode
 rate: at such a bar they go long or out at random) and come back when their rule next fires, so the
@@ -156,6 +159,10 @@ class TrajectorySpec:
   # behaviour's mean return among contrast episodes, the winners one higher token, so the tokens
   # span good and worse behaviours and a target below the best asks for a worse one.
   contrast_fraction: float = 0.0
+  # With selection='best': the winner is the behaviour with the highest return over the episode
+  # and the next selection_horizon bars (acted on by the same behaviour; the episode keeps its
+  # first episode_length bars): which rule the coming hours favour, not one context of noise.
+  selection_horizon: int = 0
   sizes: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
   initial_flat_probability: float = 0.5
   fee_rate: float = fills.DEFAULT_FEE_RATE
@@ -182,6 +189,9 @@ class TrajectorySpec:
         ('reward_scale', self.reward_scale, self.reward_scale > 0, 'use a positive scale'),
         ('rtg_scale', self.rtg_scale, self.rtg_scale > 0, 'use a positive scale, e.g. 1000'),
         ('rule_noise', self.rule_noise, 0 <= self.rule_noise <= 1, 'use a probability in [0, 1]'),
+        ('selection_horizon', self.selection_horizon,
+         isinstance(self.selection_horizon, (int, np.integer)) and self.selection_horizon >= 0,
+         'use 0 (the episode alone) or a number of bars'),
         ('contrast_fraction', self.contrast_fraction, 0 <= self.contrast_fraction < 1,
          "use a share in [0, 1) (with selection='best')"),
         ('initial_flat_probability', self.initial_flat_probability,
@@ -395,7 +405,9 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
   for number, split in enumerate(splits):
     training = split.name == train_split
     stride = spec.stride if training else (spec.evaluation_stride or spec.episode_length)
-    starts = episode_starts(arrays, rows[split.name], spec.episode_length, stride)
+    # A selection horizon needs its bars after each episode (generate_episodes).
+    horizon = spec.selection_horizon if spec.selection == 'best' else 0
+    starts = episode_starts(arrays, rows[split.name], spec.episode_length + horizon, stride)
     generated[split.name] = generate_episodes(arrays, starts, spec, seed=seed * 1000 + number)
   if spec.condition_on == 'behaviour':
     if train_split not in generated:
