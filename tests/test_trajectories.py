@@ -341,3 +341,38 @@ def test_selection_horizon_chooses_the_winner_over_the_episode_and_the_bars_afte
   np.testing.assert_allclose(kept['rewards'][same], short['rewards'][same], atol=1e-7)
   with pytest.raises(ConfigError, match='selection_horizon'):
     tr.TrajectorySpec(episode_length=length, selection_horizon=-1, **common)
+
+
+def test_oracle_plans_over_the_horizon_with_the_cost_multiplier(market, tmp_path):
+  """oracle_cost_multiplier k and selection_horizon H: the oracle's positions are the first L of
+  the exact hindsight plan over the episode and the next H bars at k times the cost (an
+  independent DP run here), and a larger k trades less."""
+  length, horizon, multiplier = 24, 36, 6.0
+  common = dict(episode_length=length, stride=7, allow_short=False, sizes=(1.0,),
+                policies=('oracle',), policy_weights=(1.0,), oracle_noise=(0.0,))
+  spec = tr.TrajectorySpec(oracle_cost_multiplier=multiplier, selection_horizon=horizon, **common)
+  arrays = windows.WindowArrays.from_frames(market, tmp_path / 'cache')
+  starts = tr.episode_starts(arrays, np.flatnonzero(np.asarray(arrays.valid)), length + horizon, 7)
+  episodes = tr.generate_episodes(arrays, starts, spec, seed=1)
+  log_close = np.log(np.asarray(arrays.close, np.float64))
+  gains = log_close[starts[:, None] + np.arange(1, length + horizon + 1)] - log_close[
+      starts[:, None] + np.arange(length + horizon)]
+  levels = np.array([0.0, 1.0])
+  value = np.zeros((len(starts), 2))
+  choice = np.zeros((len(starts), length + horizon, 2), int)
+  for t in range(length + horizon - 1, -1, -1):  # value by the level held before step t
+    total = (levels[None, None, :] * gains[:, t, None, None]
+             - spec.cost * multiplier * np.abs(levels[:, None] - levels[None, :])[None]
+             + value[:, None, :])
+    choice[:, t], value = total.argmax(axis=2), total.max(axis=2)
+  state = (episodes['initial_position'] > 0).astype(int)
+  expected = np.empty((len(starts), length))
+  for t in range(length):
+    state = choice[np.arange(len(starts)), t, state]
+    expected[:, t] = levels[state]
+  np.testing.assert_array_equal(episodes['positions'], expected)
+  plain = tr.generate_episodes(arrays, starts, tr.TrajectorySpec(**common), seed=1)
+  changes = lambda e: np.abs(np.diff(e['positions'], axis=1)).sum()
+  assert changes(episodes) < 0.5 * changes(plain)
+  with pytest.raises(ConfigError, match='oracle_cost_multiplier'):
+    tr.TrajectorySpec(oracle_cost_multiplier=0.5, **common)

@@ -123,14 +123,12 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
   best = spec.selection == 'best' and policies is None
   best_kept = np.zeros(len(starts), bool)  # the episode follows its start's winning behaviour
   candidates = np.flatnonzero(weights > 0)
-  # The winner is chosen on the episode and the next selection_horizon bars, acted on by the same
-  # behaviour (the episode keeps its first L bars): a choice about the coming hours, not 24 bars of
-  # noise. The starts must leave those bars (make_datasets cuts them with the horizon).
-  span = length + (spec.selection_horizon if best else 0)
-  if span > length and 'oracle' in {table[kind][1] for kind in candidates}:
-    raise errors.ConfigError(errors.describe(
-        'config.trajectories.selection_horizon', 'the hindsight oracle is among the behaviours',
-        'use selection_horizon=0 with the oracle, or drop it from the policies'))
+  # Hindsight sees the episode and the next selection_horizon bars, each behaviour acting on
+  # through them (the episode keeps its first L bars): the best selection scores them and the
+  # oracle plans over them, a choice about the coming hours rather than one context of noise. The
+  # starts must leave those bars (make_datasets cuts them with the horizon). Not with an override
+  # of the policies (their callers' starts leave no horizon).
+  span = length + (spec.selection_horizon if policies is None else 0)
   if span > length and (starts.max(initial=0) + span >= arrays.num_rows):
     raise errors.DataError(errors.describe(
         'generate_episodes', f'an episode start leaves fewer than {span + 1} bars for the '
@@ -149,12 +147,13 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
 
     def act(kind: int, selected: np.ndarray) -> np.ndarray:
       """Positions ``[selected episodes, span]`` of behaviour ``kind`` (span = L unless a
-      selection horizon extends the best selection)."""
+      selection horizon extends what hindsight sees)."""
       _, policy, parameter, _ = table[kind]
       if policy == 'oracle':
-        gains = next_returns_all[part][selected]
+        gains = np.diff(log_close[scored_rows[selected, 1:]], axis=1)  # [E, span]
         gains = gains + parameter * return_scale * chunk_rng.standard_normal(gains.shape)
-        levels = policies_lib.hindsight_levels(gains, spec.cost, start_level[selected],
+        levels = policies_lib.hindsight_levels(gains, spec.cost * spec.oracle_cost_multiplier,
+                                               start_level[selected],
                                                spec.allow_short)
       elif policy in ('trend', 'momentum', 'mean_reversion'):
         events = policies_lib.rule_events(policy, raw[selected], spec.allow_short, parameter)
@@ -200,7 +199,7 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
       positions = np.zeros((len(kinds), length))
       for kind in np.unique(kinds):
         selected = kinds == kind
-        positions[selected] = act(kind, selected)
+        positions[selected] = act(kind, selected)[:, :length]
     positions = positions.astype(np.float32)
     rewards = score(positions)
     out['positions'][part] = positions

@@ -67,9 +67,11 @@ kept episodes form one behaviour, "the best rule", and carry one token. With ``c
 a share of the starts keeps instead another behaviour drawn at random (a contrast episode), whose
 token is that behaviour's mean return among contrast episodes: every such token is below the
 winners', so the model learns what a lower target asks for and the conditioning curve can rise.
-With ``selection_horizon`` H the winner is chosen on the episode's bars and the next H, each
-behaviour acting on through them, and the episode keeps its first L bars: the label says which rule
-the coming hours favour rather than which one the noise of one context favoured.
+With ``selection_horizon`` H hindsight sees the episode's bars and the next H, each behaviour
+acting on through them, and the episode keeps its first L bars: the winner is the rule the coming
+hours favour rather than the one the noise of one context favoured, and the oracle plans over them.
+With ``oracle_cost_multiplier`` k > 1 the oracle plans as if each change cost k times the fee, so it
+follows the sustained moves (which the past can foretell) and ignores the next bars' noise.
 
 The rules (trend, momentum, mean reversion) deviate at random with ``rule_noise`` (a per-episode
 rate: at such a bar they go long or out at random) and come back when their rule next fires, so the
@@ -159,10 +161,15 @@ class TrajectorySpec:
   # behaviour's mean return among contrast episodes, the winners one higher token, so the tokens
   # span good and worse behaviours and a target below the best asks for a worse one.
   contrast_fraction: float = 0.0
-  # With selection='best': the winner is the behaviour with the highest return over the episode
-  # and the next selection_horizon bars (acted on by the same behaviour; the episode keeps its
-  # first episode_length bars): which rule the coming hours favour, not one context of noise.
+  # Bars after the episode that hindsight sees, each behaviour acting on through them (the episode
+  # keeps its first episode_length bars): with selection='best' the winner has the highest return
+  # over the episode and these bars (which rule the coming hours favour, not one context of
+  # noise); the oracle plans over them. 0: the episode alone.
   selection_horizon: int = 0
+  # The hindsight oracle plans with this multiple of the real cost per unit of position change:
+  # above 1 it ignores moves smaller than a few fees and follows the sustained ones, which the past
+  # bars can foretell (at 1 it trades the next bars' noise, which they cannot).
+  oracle_cost_multiplier: float = 1.0
   sizes: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
   initial_flat_probability: float = 0.5
   fee_rate: float = fills.DEFAULT_FEE_RATE
@@ -192,6 +199,8 @@ class TrajectorySpec:
         ('selection_horizon', self.selection_horizon,
          isinstance(self.selection_horizon, (int, np.integer)) and self.selection_horizon >= 0,
          'use 0 (the episode alone) or a number of bars'),
+        ('oracle_cost_multiplier', self.oracle_cost_multiplier,
+         self.oracle_cost_multiplier >= 1, 'use a multiple >= 1 of the cost'),
         ('contrast_fraction', self.contrast_fraction, 0 <= self.contrast_fraction < 1,
          "use a share in [0, 1) (with selection='best')"),
         ('initial_flat_probability', self.initial_flat_probability,
@@ -406,8 +415,8 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
     training = split.name == train_split
     stride = spec.stride if training else (spec.evaluation_stride or spec.episode_length)
     # A selection horizon needs its bars after each episode (generate_episodes).
-    horizon = spec.selection_horizon if spec.selection == 'best' else 0
-    starts = episode_starts(arrays, rows[split.name], spec.episode_length + horizon, stride)
+    starts = episode_starts(arrays, rows[split.name], spec.episode_length + spec.selection_horizon,
+                            stride)
     generated[split.name] = generate_episodes(arrays, starts, spec, seed=seed * 1000 + number)
   if spec.condition_on == 'behaviour':
     if train_split not in generated:
