@@ -120,7 +120,14 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
   out = {'positions': np.zeros((len(starts), length), np.float32),
          'rewards': np.zeros((len(starts), length), np.float32),
          'returns_to_go': np.zeros((len(starts), length), np.float32)}
-  best = spec.selection == 'best' and policies is None
+  best = spec.selection in ('best', 'each_bar') and policies is None
+  if best and spec.selection == 'each_bar':
+    unfit = sorted({table[kind][1] for kind in np.flatnonzero(weights > 0)}
+                   - {'trend', 'momentum', 'mean_reversion', 'flat'})
+    if unfit or spec.selection_horizon < 1:
+      raise errors.ConfigError(errors.describe(
+          'config.trajectories', f"selection='each_bar' with policies {unfit} and selection_horizon "
+          f'{spec.selection_horizon}', 'use causal rules and flat only, and a horizon of >= 1 bar'))
   best_kept = np.zeros(len(starts), bool)  # the episode follows its start's winning behaviour
   candidates = np.flatnonzero(weights > 0)
   # Hindsight sees the episode and the next selection_horizon bars, each behaviour acting on
@@ -175,6 +182,34 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
       return episode_rewards(initial[part], positions.astype(np.float32), open_price, close[rows],
                              spec, observed=observed)
 
+    def each_bar() -> tuple[np.ndarray, np.ndarray]:
+      """Positions and behaviours ``[E, L]``: at each bar the action of the behaviour whose
+      return over the next ``selection_horizon`` bars, acted from the position held into the bar,
+      is the highest (hindsight picks the rule bar by bar, a causal rule acts it)."""
+      held = initial[part].astype(np.float64)
+      count, horizon = len(held), spec.selection_horizon
+      positions = np.zeros((count, length))
+      kinds = np.zeros((count, length), np.int32)
+      for t in range(length):
+        ahead, prices = slice(t, t + horizon), slice(t, t + horizon + 2)
+        totals, first = [], []
+        for kind in candidates:
+          _, policy, parameter, _ = table[kind]
+          if policy == 'flat':
+            levels = np.zeros((count, horizon))
+          else:
+            events = policies_lib.rule_events(policy, raw[:, ahead], spec.allow_short, parameter)
+            levels = policies_lib.forward_fill(events, np.sign(held))
+          planned = levels * sizes[:, None]
+          totals.append(episode_rewards(
+              held, planned.astype(np.float32), scored_open[:, prices],
+              close[scored_rows[:, prices]], spec, observed=scored_observed[:, prices]).sum(axis=1))
+          first.append(planned[:, 0])
+        winner = np.argmax(np.stack(totals), axis=0)  # the first of equals: table order
+        held = np.stack(first)[winner, np.arange(count)]
+        positions[:, t], kinds[:, t] = held, candidates[winner]
+      return positions, kinds
+
     if best:  # every behaviour from every start; keep the one with the highest episode return
       everyone = np.ones(len(sizes), bool)
       acted = np.stack([act(kind, everyone) for kind in candidates])  # [B, E, span]
@@ -194,6 +229,11 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
       behaviour[part] = candidates[chosen]
       best_kept[part] = ~contrast
       positions = acted[chosen, np.arange(len(chosen)), :length]
+      if spec.selection == 'each_bar':  # the winners relabelled bar by bar
+        relabelled, kinds = each_bar()
+        positions = np.where(contrast[:, None], positions, relabelled)
+        majority = np.array([np.bincount(row, minlength=len(table)).argmax() for row in kinds])
+        behaviour[part] = np.where(contrast, behaviour[part], majority)
     else:
       kinds = behaviour[part]
       positions = np.zeros((len(kinds), length))

@@ -67,6 +67,11 @@ kept episodes form one behaviour, "the best rule", and carry one token. With ``c
 a share of the starts keeps instead another behaviour drawn at random (a contrast episode), whose
 token is that behaviour's mean return among contrast episodes: every such token is below the
 winners', so the model learns what a lower target asks for and the conditioning curve can rise.
+With ``selection='each_bar'`` the choice is made again at every bar: the episode takes, bar by
+bar, the action of whichever behaviour, acted from the position held into that bar, earns most
+over the next ``selection_horizon`` bars (a receding-horizon choice of rule: flat once the coming
+hours turn against the trend, trend once they favour it), so a label follows the regime of the
+bars it is on rather than the one the episode started in.
 With ``selection_horizon`` H hindsight sees the episode's bars and the next H, each behaviour
 acting on through them, and the episode keeps its first L bars: the winner is the rule the coming
 hours favour rather than the one the noise of one context favoured, and the oracle plans over them.
@@ -154,7 +159,9 @@ class TrajectorySpec:
   # (every behaviour of positive weight is acted from the start and the one with the highest
   # return after fees over the episode is kept: hindsight picks the behaviour, causal rules act it;
   # with condition_on='behaviour' every episode then carries one token, the kept episodes' mean
-  # R_0 on the training split; module docstring).
+  # R_0 on the training split; module docstring). 'each_bar': the winners relabelled bar by bar, each
+  # bar taking the action of the behaviour that earns most over the next selection_horizon bars
+  # from the position held (causal rules and flat only).
   selection: str = 'sampled'
   # With selection='best': the share of starts that keep, instead of the winner, another of the
   # behaviours drawn uniformly (contrast episodes). With condition_on='behaviour' they carry their
@@ -214,9 +221,9 @@ class TrajectorySpec:
     if self.condition_on not in ('realised', 'behaviour'):
       raise errors.ConfigError(errors.describe(
           f'{where}.condition_on', f'{self.condition_on!r}', "use 'realised' or 'behaviour'"))
-    if self.selection not in ('sampled', 'best'):
+    if self.selection not in ('sampled', 'best', 'each_bar'):
       raise errors.ConfigError(errors.describe(
-          f'{where}.selection', f'{self.selection!r}', "use 'sampled' or 'best'"))
+          f'{where}.selection', f'{self.selection!r}', "use 'sampled', 'best' or 'each_bar'"))
     unknown = [p for p in self.policies if p not in POLICIES]
     if unknown or not self.policies:
       raise errors.ConfigError(errors.describe(
@@ -423,7 +430,7 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
       raise errors.ConfigError(errors.describe(
           'trajectories.make_datasets', f"condition_on='behaviour' needs the {train_split!r} "
           'split (the behaviours\' mean returns come from it)', 'add it to the splits'))
-    if spec.selection == 'best':  # "the best rule" one token; contrast episodes their behaviour's
+    if spec.selection in ('best', 'each_bar'):  # the winners one token; contrast episodes theirs
       means, group = best_means(generated[train_split], spec), best_groups
     else:
       means, group = behaviour_means(generated[train_split], spec), functools.partial(behaviour_groups, spec=spec)
