@@ -6,7 +6,7 @@ which wraps them as a Grain source.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -248,3 +248,39 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
   return {'start_row': starts, 'behaviour': behaviour, 'best': best_kept,
           'size': size.astype(np.float32),
           'initial_position': initial.astype(np.float32), **out}
+
+
+def best_groups(episodes: Mapping[str, np.ndarray]) -> np.ndarray:
+  """``[E]`` with ``selection='best'``: 0 for an episode that keeps its start's winner, else
+  ``1 + behaviour`` (a contrast episode, ``TrajectorySpec.contrast_fraction``)."""
+  return np.where(episodes['best'], 0, 1 + episodes['behaviour'].astype(np.int64))
+
+
+def best_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
+  """``[1 + behaviours]``: the mean first return-to-go of the winners' episodes, then of each
+  behaviour's contrast episodes (0 where none), indexed by :func:`best_groups`."""
+  count = 1 + len(spec.behaviours)
+  groups = best_groups(episodes)
+  first = episodes['returns_to_go'][:, 0].astype(np.float64)
+  numbers = np.bincount(groups, minlength=count)
+  return np.bincount(groups, weights=first, minlength=count) / np.maximum(numbers, 1)
+
+
+def behaviour_groups(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
+  """``[E]``: each episode's (behaviour, size) group, ``behaviour · len(sizes) + size index``."""
+  sizes = np.asarray(spec.sizes, np.float32)
+  size_index = np.argmin(np.abs(np.asarray(episodes['size'], np.float32)[:, None] - sizes), axis=1)
+  return episodes['behaviour'].astype(np.int64) * len(spec.sizes) + size_index
+
+
+def behaviour_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
+  """``[behaviours · sizes]``: the mean first return-to-go ``R_0`` of the episodes of each
+  behaviour at each size (0 for a group with none), indexed by :func:`behaviour_groups`: the
+  return tokens of ``condition_on='behaviour'``. The size is part of the behaviour: the same rule
+  earns more at full size when it earns at all, so a high target asks for it."""
+  count = len(spec.behaviours) * len(spec.sizes)
+  groups = behaviour_groups(episodes, spec)
+  first = episodes['returns_to_go'][:, 0].astype(np.float64)
+  totals = np.bincount(groups, weights=first, minlength=count)
+  numbers = np.bincount(groups, minlength=count)
+  return np.where(numbers > 0, totals / np.maximum(numbers, 1), 0.0)

@@ -24,7 +24,7 @@ after (``r+L``, which pays the last decision). Step ``t`` decides at the CLOSE o
 - returns-to-go ``R_t = Σ_{j=t}^{L-1} γ^{j-t} ρ_j`` (γ = ``discount``); the model's return token is
   ``rtg_scale · R_t`` (1000: units of 0.1%, so a 1% episode is 10). With ``condition_on='behaviour'`` the
   token is instead ``rtg_scale`` times the mean ``R_0`` of the episode's behaviour over the training
-  split, the same at every step (:func:`behaviour_means`). Why: on a market, an episode's realised
+  split, the same at every step (:func:`episodes.behaviour_means`). Why: on a market, an episode's realised
   return is mostly luck, and a realised return-to-go encodes the future position (a high ``R_t``
   means "stay long", ``R_t = 0`` means "stay flat") whatever the state says, so a model conditioned
   on it learns to hold and ignores the state (the Strategist then acts like a late buy-and-hold).
@@ -431,9 +431,10 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
           'trajectories.make_datasets', f"condition_on='behaviour' needs the {train_split!r} "
           'split (the behaviours\' mean returns come from it)', 'add it to the splits'))
     if spec.selection in ('best', 'each_bar'):  # the winners one token; contrast episodes theirs
-      means, group = best_means(generated[train_split], spec), best_groups
+      means, group = episodes_lib.best_means(generated[train_split], spec), episodes_lib.best_groups
     else:
-      means, group = behaviour_means(generated[train_split], spec), functools.partial(behaviour_groups, spec=spec)
+      means = episodes_lib.behaviour_means(generated[train_split], spec)
+      group = functools.partial(episodes_lib.behaviour_groups, spec=spec)
     for episodes in generated.values():
       episodes['condition'] = means[group(episodes)].astype(np.float32)
   result = {}
@@ -452,42 +453,6 @@ def make_datasets(frames: Mapping[str, pd.DataFrame], spec: TrajectorySpec,
       steps = len(dataset)
     result[split.name] = windows.SplitData(split, source, dataset, steps)
   return result, normalizer
-
-
-def best_groups(episodes: Mapping[str, np.ndarray]) -> np.ndarray:
-  """``[E]`` with ``selection='best'``: 0 for an episode that keeps its start's winner, else
-  ``1 + behaviour`` (a contrast episode, ``TrajectorySpec.contrast_fraction``)."""
-  return np.where(episodes['best'], 0, 1 + episodes['behaviour'].astype(np.int64))
-
-
-def best_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
-  """``[1 + behaviours]``: the mean first return-to-go of the winners' episodes, then of each
-  behaviour's contrast episodes (0 where none), indexed by :func:`best_groups`."""
-  count = 1 + len(spec.behaviours)
-  groups = best_groups(episodes)
-  first = episodes['returns_to_go'][:, 0].astype(np.float64)
-  numbers = np.bincount(groups, minlength=count)
-  return np.bincount(groups, weights=first, minlength=count) / np.maximum(numbers, 1)
-
-
-def behaviour_groups(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
-  """``[E]``: each episode's (behaviour, size) group, ``behaviour · len(sizes) + size index``."""
-  sizes = np.asarray(spec.sizes, np.float32)
-  size_index = np.argmin(np.abs(np.asarray(episodes['size'], np.float32)[:, None] - sizes), axis=1)
-  return episodes['behaviour'].astype(np.int64) * len(spec.sizes) + size_index
-
-
-def behaviour_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
-  """``[behaviours · sizes]``: the mean first return-to-go ``R_0`` of the episodes of each
-  behaviour at each size (0 for a group with none), indexed by :func:`behaviour_groups`: the
-  return tokens of ``condition_on='behaviour'``. The size is part of the behaviour: the same rule
-  earns more at full size when it earns at all, so a high target asks for it."""
-  count = len(spec.behaviours) * len(spec.sizes)
-  groups = behaviour_groups(episodes, spec)
-  first = episodes['returns_to_go'][:, 0].astype(np.float64)
-  totals = np.bincount(groups, weights=first, minlength=count)
-  numbers = np.bincount(groups, minlength=count)
-  return np.where(numbers > 0, totals / np.maximum(numbers, 1), 0.0)
 
 
 def initial_return_quantiles(source: TrajectorySource,
