@@ -292,6 +292,16 @@ def test_contrast_episodes_keep_another_behaviour_and_carry_a_lower_token(market
   for index, name in enumerate(spec.behaviours):
     chosen = kept['behaviour'] == index
     np.testing.assert_array_equal(kept['positions'][chosen], alone[name]['positions'][chosen])
+  # contrast_policies: the contrast episodes follow those behaviours only (here flat; a start
+  # whose winner is flat has no other and keeps it).
+  only_flat = tr.generate_episodes(arrays, starts, tr.TrajectorySpec(
+      contrast_fraction=0.4, contrast_policies=('flat',), **common), seed=3)
+  flat = spec.behaviours.index('flat')
+  assert (only_flat['behaviour'][~only_flat['best']] == flat).all()
+  assert 0.2 < (~only_flat['best']).mean() < 0.45
+  assert only_flat['best'][winner == flat].all()
+  with pytest.raises(ConfigError, match='contrast_policies'):
+    tr.TrajectorySpec(contrast_fraction=0.4, contrast_policies=('random',), **common)
   # Without contrast nothing changes: every episode keeps its winner.
   assert tr.generate_episodes(arrays, starts, tr.TrajectorySpec(**common), seed=3)['best'].all()
   splits = [windows.Split('train', '2024-01-01', '2024-01-06'),

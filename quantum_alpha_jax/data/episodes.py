@@ -220,8 +220,14 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
       if spec.contrast_fraction > 0 and len(candidates) > 1:
         # Contrast episodes: another behaviour than the winner, drawn uniformly, so that the
         # return tokens span good and worse behaviours (a conditioning curve to climb).
-        contrast = chunk_rng.random(len(winner)) < spec.contrast_fraction
-        other = (winner + chunk_rng.integers(1, len(candidates), len(winner))) % len(candidates)
+        # (among spec.contrast_policies when given; a start whose winner is the only one of them
+        # keeps it).
+        allowed = np.array([not spec.contrast_policies or table[kind][1] in spec.contrast_policies
+                            for kind in candidates])
+        eligible = allowed[None, :] & (np.arange(len(candidates))[None, :] != winner[:, None])
+        draws = np.where(eligible, chunk_rng.random(eligible.shape), -1.0)
+        other = np.argmax(draws, axis=1)
+        contrast = (chunk_rng.random(len(winner)) < spec.contrast_fraction) & eligible.any(axis=1)
         chosen = np.where(contrast, other, winner)
       else:
         contrast = np.zeros(len(winner), bool)

@@ -168,6 +168,7 @@ class TrajectorySpec:
   # behaviour's mean return among contrast episodes, the winners one higher token, so the tokens
   # span good and worse behaviours and a target below the best asks for a worse one.
   contrast_fraction: float = 0.0
+  contrast_policies: tuple[str, ...] = ()  # the contrast's behaviours (e.g. ('flat',)); (): any
   # Bars after the episode that hindsight sees, each behaviour acting on through them (the episode
   # keeps its first episode_length bars): with selection='best' the winner has the highest return
   # over the episode and these bars (which rule the coming hours favour, not one context of
@@ -185,7 +186,7 @@ class TrajectorySpec:
 
   def __post_init__(self):
     where = 'config.trajectories'
-    for name in ('policies', 'policy_weights', 'oracle_noise', 'sizes'):
+    for name in ('policies', 'policy_weights', 'oracle_noise', 'sizes', 'contrast_policies'):
       value = getattr(self, name)
       value = (value,) if isinstance(value, (str, int, float)) else tuple(value)
       object.__setattr__(self, name, value)
@@ -234,6 +235,10 @@ class TrajectorySpec:
       raise errors.ConfigError(errors.describe(
           f'{where}.policy_weights', f'{self.policy_weights} for policies {self.policies}',
           'give one non-negative weight per policy, not all zero'))
+    if any(p not in self.policies for p in self.contrast_policies):
+      raise errors.ConfigError(errors.describe(
+          f'{where}.contrast_policies', f'{self.contrast_policies}',
+          f'use some of the policies {self.policies}, or () for any'))
     if not self.oracle_noise or any(n < 0 for n in self.oracle_noise):
       raise errors.ConfigError(errors.describe(
           f'{where}.oracle_noise', f'{self.oracle_noise}', 'give noise levels >= 0, e.g. (0, 1)'))
