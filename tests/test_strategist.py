@@ -153,7 +153,8 @@ def trained(tmp_path_factory):
                             test=('2024-01-24', '2024-01-29'))
   config.model.update(context_length=16, hidden_size=32, num_layers=2, num_heads=2)
   config.train.update(num_steps=200, eval_every_steps=100, max_eval_batches=5)
-  config.evaluation.update(conditioning_quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99))
+  # 0.05 is not among the stored QUANTILE_LEVELS: the run must add it, not drop its point.
+  config.evaluation.update(conditioning_quantiles=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99))
   results = strategist.run(config, directory / 'run', frames=frames)
   return {'results': results, 'workdir': directory / 'run', 'frames': frames, 'raw': raw,
           'config': config}
@@ -200,6 +201,7 @@ def test_the_free_running_strategist_agrees_with_the_oracle_better_than_naive_ru
 def test_the_realised_return_rises_with_the_conditioning_target(trained):
   curve = trained['results']['test']['conditioning_curve']
   targets = [p['target_return'] for p in curve['points']]
+  assert len(targets) == len(trained['config'].evaluation.conditioning_quantiles)
   assert targets == sorted(targets) and len(set(targets)) >= 5
   assert all(p['episodes'] > 0 for p in curve['points'])
   realised = [p['mean_realised_return'] for p in curve['points']]

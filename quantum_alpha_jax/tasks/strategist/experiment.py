@@ -64,7 +64,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   StrategistTask.from_config(config)  # config errors before any data work
   runner.check_evaluation_splits(config)
   data, normalizer = make_data(config, frames=frames)
-  quantiles = trajectories.initial_return_quantiles(data['train'].source, QUANTILE_LEVELS)
+  # Every level the evaluation asks for (a conditioning quantile not stored would drop its point).
+  levels = sorted(set(QUANTILE_LEVELS) | set(config.evaluation.conditioning_quantiles)
+                  | {float(config.evaluation.target_quantile)})
+  quantiles = trajectories.initial_return_quantiles(data['train'].source, levels)
   reference = best_causal_behaviour(data['train'].source)
   task = StrategistTask.from_config(config, normalizer=normalizer,
                                     target_return=target_from_quantiles(config, quantiles),
