@@ -126,7 +126,7 @@ def teacher_forced_imitation(task: StrategistTask, params: Any, arrays: windows.
   own past actions and positions; beside always-hold. JSON-ready."""
   spec = dataclasses.replace(task.spec, policies=('oracle',), policy_weights=(1.0,),
                              oracle_noise=(0.0,), oracle_cost_multiplier=1.0, selection_horizon=0,
-                             selection='sampled', contrast_fraction=0.0)
+                             selection='sampled', contrast_fraction=0.0, contrast_policies=())
   starts = trajectories.episode_starts(arrays, rows, spec.episode_length, spec.episode_length)
   if max_episodes > 0:
     starts = starts[:max_episodes]
