@@ -2,10 +2,13 @@
 
 - default: the embedded synthetic market, BTCUSDT + ETHUSDT, 2019-01-01 .. 2025-01-01 (6 years).
 - quick:   the synthetic market for four weeks; seconds on a CPU.
-- learnable: twelve weeks of the synthetic 'learnable' preset (data/synthetic.LEARNABLE), the main
-           job's market: identifiable regimes, so a working model beats the naive rules and the
-           Bayes filter (evaluate/ceiling.py) shows what is attainable; a 17-day test split gives
-           ~400 non-overlapping 2-hour windows, enough for an interval that separates them.
+- learnable: a year of the synthetic 'learnable' preset (data/synthetic.LEARNABLE), the main job's
+           market: identifiable regimes, so a working model beats the naive rules and the Bayes
+           filter (evaluate/ceiling.py) shows what is attainable. Eight months of training (the
+           Strategist, trained on twelve weeks, overfitted by its 1,000th step and only tied the
+           trend rule), and a 115-day test split: ~2,700 non-overlapping 2-hour windows and 115
+           days, so a daily paired interval can resolve a policy from trend (on 17 days even the
+           filter's own policy could not: benchmarks/ceiling_vs_trend.py).
 - real:    the real Binance spot 5-minute candles in ../shared/data/binance-spot-5m/.
 """
 
@@ -52,12 +55,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.splits.test = ('2024-01-24', '2024-01-29')
   elif arg == 'learnable':
     config.synthetic.preset = 'learnable'
-    config.start = '2024-01-01'
-    config.end = '2024-03-25'
-    config.store_dir = str(REPOSITORY / 'data_store' / 'learnable')
-    config.splits.train = ('2024-01-01', '2024-02-26')
+    config.start = '2023-07-01'
+    config.end = '2024-07-01'
+    config.store_dir = str(REPOSITORY / 'data_store' / 'learnable-year')
+    config.splits.train = ('2023-07-01', '2024-02-26')
     config.splits.validation = ('2024-02-26', '2024-03-08')
-    config.splits.test = ('2024-03-08', '2024-03-25')
+    config.splits.test = ('2024-03-08', '2024-07-01')
   elif arg == 'real':
     config.source = 'files'
     # Optional trim of the files: None keeps everything (override with --config.start=2021-01-01).

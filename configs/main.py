@@ -4,10 +4,11 @@ One store for every stage (``quantum_alpha_jax/main_job.py`` sets each model's `
 ``config.data``), every model at its ``:quick`` size, on the synthetic market's 'learnable' preset
 (``data/synthetic.LEARNABLE``: identifiable regimes, so a working model beats the naive rules and
 the Bayes filter of ``evaluate/ceiling.py`` shows how much of the attainable edge it takes):
-- default: twelve weeks (``configs/data.py:learnable``), a 17-day test split: ~400 non-overlapping
-  2-hour windows and 17 days, enough for the paired intervals to separate a model from its best
-  naive baseline. The Oracle trains 600 steps (150 leave it level with momentum), the Strategist
-  2,000 at width 64 on the best-rule episodes (below). About 10 minutes on a 2-core CPU.
+- default: a year (``configs/data.py:learnable``): eight months to train on and a 115-day test
+  split, ~2,700 non-overlapping 2-hour windows and 115 days, enough for the paired intervals to
+  separate each model from its best naive baseline (on the earlier 17-day split even the filter's
+  own policy could not be told from trend). The Oracle trains 600 steps (150 leave it level with
+  momentum), the Strategist 2,000 at width 64 on the best-rule episodes (below).
 - quick:   four weeks of the same preset and the quick configs unchanged: a smoke run; its 5-day
   test split is too short for the intervals to say much.
 Outputs go to ``<workdir>/<config name>`` (``workdir`` defaults to ``checkpoints``) and
