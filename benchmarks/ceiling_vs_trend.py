@@ -4,8 +4,8 @@ at the split's start, as a paired day-block bootstrap of daily log returns (eval
 the interval the main job's yardstick puts on the Strategist's gain). Where even this interval
 includes zero, no policy can be shown to beat trend on that split.
 
-  python -m benchmarks.ceiling_vs_trend                         # the main job's 17-day test split
-  python -m benchmarks.ceiling_vs_trend --end=2024-05-13        # a 66-day test split, same market
+  python -m benchmarks.ceiling_vs_trend                         # the main job's 115-day test split
+  python -m benchmarks.ceiling_vs_trend --end=2024-03-25        # its first 17 days only
 
 Prints the paired difference (filter minus trend, log return a day) with its 95% interval.
 """
@@ -28,7 +28,7 @@ from quantum_alpha_jax.evaluate import bayes_filter
 from quantum_alpha_jax.evaluate import ceiling
 from quantum_alpha_jax.evaluate import intervals
 
-_END = flags.DEFINE_string('end', None, 'extend the market and its test split to this date')
+_END = flags.DEFINE_string('end', None, 'end the market and its test split at this date')
 _STORE = flags.DEFINE_string('store_dir', None, 'build the store here (default: a temporary one)')
 
 

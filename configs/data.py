@@ -7,8 +7,8 @@
            filter (evaluate/ceiling.py) shows what is attainable. Eight months of training (the
            Strategist, trained on twelve weeks, overfitted by its 1,000th step and only tied the
            trend rule), and a 115-day test split: ~2,700 non-overlapping 2-hour windows and 115
-           days, so a daily paired interval can resolve a policy from trend (on 17 days even the
-           filter's own policy could not: benchmarks/ceiling_vs_trend.py).
+           days, so a daily paired interval can resolve a policy from trend (on the old 17 test
+           days even the filter's own policy could not: benchmarks/ceiling_vs_trend.py).
 - real:    the real Binance spot 5-minute candles in ../shared/data/binance-spot-5m/.
 """
 
