@@ -430,3 +430,26 @@ def test_each_bar_selection_acts_the_rule_that_does_best_over_the_next_bars(mark
   assert switches > 5  # the sample trades, so it checks decisions and not only holds
   with pytest.raises(ConfigError, match='each_bar'):
     tr.generate_episodes(arrays, starts, dataclasses.replace(spec, selection_horizon=0), seed=2)
+
+
+def test_the_reference_rule_of_a_hindsight_selection_is_the_one_kept_most_often(market, tmp_path):
+  """With selection='best' a kept rule's mean return is conditioned on its having won, so the
+  reference behaviour the reports score agreement with is the rule kept most often; with sampled
+  behaviours it is the rule with the highest mean return."""
+  from quantum_alpha_jax.tasks.strategist.imitation import best_causal_behaviour  # pylint: disable=g-import-not-at-top
+  common = dict(episode_length=24, stride=3, allow_short=False, rule_noise=0.0, sizes=(1.0,),
+                policies=('trend', 'momentum', 'flat'), policy_weights=(1.0, 1.0, 1.0),
+                momentum_rules=((3, 0.0), (12, 0.5), (60, 0.5)))
+  splits = [windows.Split('train', '2024-01-01', '2024-01-06'),
+            windows.Split('validation', '2024-01-06', '2024-01-09')]
+  for selection in ('best', 'sampled'):
+    spec = tr.TrajectorySpec(selection=selection, **common)
+    data, _ = tr.make_datasets(market, spec, splits, 16, tmp_path / selection, num_devices=1,
+                               shard_index=0, shard_count=1)
+    summary = data['train'].source.summary()['behaviours']
+    rules = {name: entry for name, entry in summary.items() if name != 'flat'}
+    key = 'episodes' if selection == 'best' else 'mean_return'
+    expected = max(rules, key=lambda name: rules[name][key])
+    assert best_causal_behaviour(data['train'].source) == expected
+    if selection == 'best':  # the case that matters: the most often kept is not the top mean
+      assert expected != max(rules, key=lambda name: rules[name]['mean_return'])

@@ -76,10 +76,14 @@ def imitation(task: StrategistTask, arrays: windows.WindowArrays, result: Rollou
 
 def best_causal_behaviour(source: trajectories.TrajectorySource) -> str | None:
   """The causal rule behaviour (trend, momentum or mean reversion; not the hindsight oracle, not
-  random) with the highest mean episode return among ``source``'s episodes (the training split):
-  the behaviour a policy conditioned on a high return should act like. None if there is none."""
+  random) a policy conditioned on a high return should act like, from ``source``'s episodes (the
+  training split): with sampled behaviours the one with the highest mean episode return; with a
+  hindsight selection ('best', 'each_bar') the one kept most often, because a kept rule's mean
+  return is conditioned on its having won (a ruinous rule kept only where it won scores highest).
+  None if there is none."""
   summary = source.summary()['behaviours']
-  rules = {name: summary[name]['mean_return'] for name, policy, _, _ in source.spec.behaviour_table
+  key = 'mean_return' if source.spec.selection == 'sampled' else 'episodes'
+  rules = {name: summary[name][key] for name, policy, _, _ in source.spec.behaviour_table
            if policy in trajectories.RULES and name in summary}
   return max(rules, key=rules.get) if rules else None
 
