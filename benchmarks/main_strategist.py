@@ -34,7 +34,7 @@ def main(argv):
   spearman = results['test']['conditioning_curve'].get('spearman_target_vs_realised')
   print(f'Strategist - {gain["baseline"]}, daily log return after fees: {gain["difference"]:+.4f} '
         f'[{gain["low"]:+.4f}, {gain["high"]:+.4f}] over {gain["blocks"]} days '
-        f'({"resolved" if gain["excludes_zero"] else "not resolved"}); conditioning Spearman '
+        f'(the interval {"excludes" if gain["excludes_zero"] else "includes"} 0); conditioning Spearman '
         f'{"—" if spearman is None else f"{spearman:+.2f}"}; best step '
         f'{results["train"]["best_step"]} of {results["train"]["steps"]}')
 
