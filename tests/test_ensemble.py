@@ -124,3 +124,24 @@ def test_causal_ema_skips_unavailable_bars():
     expected.append(ema)
   np.testing.assert_allclose(np.asarray(ensemble.causal_ema(values, 10.0, available)), expected,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize('row', list(ensemble.ABLATIONS))
+def test_the_service_rule_one_bar_at_a_time_equals_the_batch_over_gaps(row):
+  """serve/ensemble_state.py, stepped bar by bar with bars that have no signal (NaN, available
+  False) in long and short runs, gives the batch rule bit for bit: flat at those bars, and the
+  uncertainty EMA neither decays nor restarts over them (the real 3-day serve test has no such
+  bar, so a decay there would pass it)."""
+  from quantum_alpha_jax.serve import ensemble_state  # pylint: disable=g-import-not-at-top
+  signals = _signals(n=1500, seed=8)
+  available = np.ones(1500, bool)
+  available[:40] = available[300:420] = available[700:703] = available[1100:1300] = False
+  holed = {name: np.where(available, value.astype(np.float64), np.nan)
+           for name, value in signals.items()}
+  config = ensemble.ablation_configs(ensemble.ensemble_config())[row]
+  batch = ensemble.positions(holed, config, available=available)
+  state = ensemble_state.EnsembleState(config)
+  stepped = np.array([state.step({name: value[t] for name, value in holed.items()}, available[t])
+                      for t in range(1500)])
+  # (A decayed or a restarted EMA over the gaps fails the two rows with the uncertainty gate.)
+  np.testing.assert_array_equal(stepped, batch)
