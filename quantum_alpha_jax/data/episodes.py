@@ -121,13 +121,6 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
          'rewards': np.zeros((len(starts), length), np.float32),
          'returns_to_go': np.zeros((len(starts), length), np.float32)}
   best = spec.selection in ('best', 'each_bar') and policies is None
-  if best and spec.selection == 'each_bar':
-    unfit = sorted({table[kind][1] for kind in np.flatnonzero(weights > 0)}
-                   - {'trend', 'momentum', 'mean_reversion', 'flat'})
-    if unfit or spec.selection_horizon < 1:
-      raise errors.ConfigError(errors.describe(
-          'config.trajectories', f"selection='each_bar' with policies {unfit} and selection_horizon "
-          f'{spec.selection_horizon}', 'use causal rules and flat only, and a horizon of >= 1 bar'))
   best_kept = np.zeros(len(starts), bool)  # the episode follows its start's winning behaviour
   candidates = np.flatnonzero(weights > 0)
   # Hindsight sees the episode and the next selection_horizon bars, each behaviour acting on
@@ -152,6 +145,22 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
     scored_observed = np.take(np.asarray(arrays.observed, bool), scored_rows)
     open_price, observed = scored_open[:, :length + 2], scored_observed[:, :length + 2]
 
+    def causal_levels(kind: int, features: np.ndarray, level: np.ndarray,
+                      noisy: bool) -> np.ndarray:
+      """Levels ``[E, T]`` of a causal rule or flat on raw ``features [E, T, 44]`` from ``level
+      [E]``; ``noisy``: with the spec's random deviations (``rule_noise``)."""
+      _, policy, parameter, _ = table[kind]
+      if policy == 'flat':
+        return np.zeros(features.shape[:2])
+      events = policies_lib.rule_events(policy, features, spec.allow_short, parameter)
+      if noisy and spec.rule_noise > 0:
+        rate = chunk_rng.uniform(0.0, spec.rule_noise, size=(len(events), 1))
+        deviate = chunk_rng.random(events.shape) < rate
+        wrong = np.where(chunk_rng.random(events.shape) < 0.5, 1.0,
+                         -1.0 if spec.allow_short else 0.0)
+        events = np.where(deviate, wrong, events)
+      return policies_lib.forward_fill(events, level)
+
     def act(kind: int, selected: np.ndarray) -> np.ndarray:
       """Positions ``[selected episodes, span]`` of behaviour ``kind`` (span = L unless a
       selection horizon extends what hindsight sees)."""
@@ -162,17 +171,8 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
         levels = policies_lib.hindsight_levels(gains, spec.cost * spec.oracle_cost_multiplier,
                                                start_level[selected],
                                                spec.allow_short)
-      elif policy in ('trend', 'momentum', 'mean_reversion'):
-        events = policies_lib.rule_events(policy, raw[selected], spec.allow_short, parameter)
-        if spec.rule_noise > 0:
-          rate = chunk_rng.uniform(0.0, spec.rule_noise, size=(len(events), 1))
-          deviate = chunk_rng.random(events.shape) < rate
-          wrong = np.where(chunk_rng.random(events.shape) < 0.5, 1.0,
-                           -1.0 if spec.allow_short else 0.0)
-          events = np.where(deviate, wrong, events)
-        levels = policies_lib.forward_fill(events, start_level[selected])
-      elif policy == 'flat':
-        levels = np.zeros((int(selected.sum()), span))
+      elif policy in ('trend', 'momentum', 'mean_reversion', 'flat'):
+        levels = causal_levels(kind, raw[selected], start_level[selected], noisy=True)
       else:
         return policies_lib.random_positions(chunk_rng, (int(selected.sum()), span),
                                              initial[part][selected], spec.allow_short)
@@ -187,20 +187,14 @@ def generate_episodes(arrays: windows.WindowArrays, starts: np.ndarray, spec: Tr
       return over the next ``selection_horizon`` bars, acted from the position held into the bar,
       is the highest (hindsight picks the rule bar by bar, a causal rule acts it)."""
       held = initial[part].astype(np.float64)
-      count, horizon = len(held), spec.selection_horizon
+      count, horizon = len(held), spec.selection_horizon  # (spec: horizon >= 1, rules and flat)
       positions = np.zeros((count, length))
       kinds = np.zeros((count, length), np.int32)
       for t in range(length):
         ahead, prices = slice(t, t + horizon), slice(t, t + horizon + 2)
         totals, first = [], []
         for kind in candidates:
-          _, policy, parameter, _ = table[kind]
-          if policy == 'flat':
-            levels = np.zeros((count, horizon))
-          else:
-            events = policies_lib.rule_events(policy, raw[:, ahead], spec.allow_short, parameter)
-            levels = policies_lib.forward_fill(events, np.sign(held))
-          planned = levels * sizes[:, None]
+          planned = causal_levels(kind, raw[:, ahead], np.sign(held), noisy=False) * sizes[:, None]
           totals.append(episode_rewards(
               held, planned.astype(np.float32), scored_open[:, prices],
               close[scored_rows[:, prices]], spec, observed=scored_observed[:, prices]).sum(axis=1))
@@ -265,11 +259,7 @@ def best_groups(episodes: Mapping[str, np.ndarray]) -> np.ndarray:
 def best_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
   """``[1 + behaviours]``: the mean first return-to-go of the winners' episodes, then of each
   behaviour's contrast episodes (0 where none), indexed by :func:`best_groups`."""
-  count = 1 + len(spec.behaviours)
-  groups = best_groups(episodes)
-  first = episodes['returns_to_go'][:, 0].astype(np.float64)
-  numbers = np.bincount(groups, minlength=count)
-  return np.bincount(groups, weights=first, minlength=count) / np.maximum(numbers, 1)
+  return _group_means(episodes, best_groups(episodes), 1 + len(spec.behaviours))
 
 
 def behaviour_groups(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) -> np.ndarray:
@@ -284,9 +274,12 @@ def behaviour_means(episodes: Mapping[str, np.ndarray], spec: TrajectorySpec) ->
   behaviour at each size (0 for a group with none), indexed by :func:`behaviour_groups`: the
   return tokens of ``condition_on='behaviour'``. The size is part of the behaviour: the same rule
   earns more at full size when it earns at all, so a high target asks for it."""
-  count = len(spec.behaviours) * len(spec.sizes)
-  groups = behaviour_groups(episodes, spec)
+  return _group_means(episodes, behaviour_groups(episodes, spec),
+                      len(spec.behaviours) * len(spec.sizes))
+
+
+def _group_means(episodes: Mapping[str, np.ndarray], groups: np.ndarray, count: int) -> np.ndarray:
+  """``[count]``: the mean first return-to-go of the episodes in each group (0 for none)."""
   first = episodes['returns_to_go'][:, 0].astype(np.float64)
-  totals = np.bincount(groups, weights=first, minlength=count)
   numbers = np.bincount(groups, minlength=count)
-  return np.where(numbers > 0, totals / np.maximum(numbers, 1), 0.0)
+  return np.bincount(groups, weights=first, minlength=count) / np.maximum(numbers, 1)

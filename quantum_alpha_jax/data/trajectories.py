@@ -235,6 +235,13 @@ class TrajectorySpec:
       raise errors.ConfigError(errors.describe(
           f'{where}.policy_weights', f'{self.policy_weights} for policies {self.policies}',
           'give one non-negative weight per policy, not all zero'))
+    if self.selection == 'each_bar':  # each bar re-plans the causal rules and flat ahead
+      unfit = sorted({p for p, w in zip(self.policies, self.policy_weights) if w > 0}
+                     - {'trend', 'momentum', 'mean_reversion', 'flat'})
+      if unfit or self.selection_horizon < 1:
+        raise errors.ConfigError(errors.describe(
+            where, f"selection='each_bar' with policies {unfit} and selection_horizon "
+            f'{self.selection_horizon}', 'use causal rules and flat only, and a horizon of >= 1 bar'))
     if any(p not in self.policies for p in self.contrast_policies):
       raise errors.ConfigError(errors.describe(
           f'{where}.contrast_policies', f'{self.contrast_policies}',
