@@ -355,6 +355,9 @@ def test_dropout_uses_the_dropout_rng(params, forward):
 def test_samples_do_not_interact(params, forward):
   encoder, decoder, symbol = make_inputs(seed=3)
   base = forward(params, encoder, decoder, symbol)
+  # New arrays, not in-place edits: on CPU the dispatched call may still read the numpy buffers it
+  # was given (zero-copy, asynchronous), so editing them could change ``base`` too (seen once in CI).
+  encoder, decoder = encoder.copy(), decoder.copy()
   encoder[0] += 1.0
   decoder[0] -= 1.0
   changed = forward(params, encoder, decoder, symbol)
